@@ -1,0 +1,87 @@
+"""Where things live: the embedded home folder and the production overrides.
+
+Everything the embedded mode creates sits under ``LLMOPS_HOME`` (default ``./.llmops``).
+Production deployments override the pieces through the usual variables: ``MLFLOW_TRACKING_URI``,
+``MLFLOW_REGISTRY_URI``, ``LLMOPS_ARTIFACT_ROOT`` (any fsspec URI), ``LLMOPS_MODEL_NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "llmops-chat"
+DEFAULT_EXPERIMENT = "llm_retraining"
+
+
+def home() -> Path:
+    return Path(os.environ.get("LLMOPS_HOME", ".llmops")).expanduser().resolve()
+
+
+def tracking_uri() -> str:
+    """MLflow tracking URI: the env var when set, else SQLite under the home folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def mlflow_artifact_root() -> str:
+    return os.environ.get("LLMOPS_MLFLOW_ARTIFACTS", str(home() / "mlartifacts"))
+
+
+def artifact_root() -> str:
+    return os.environ.get("LLMOPS_ARTIFACT_ROOT", str(home() / "artifacts"))
+
+
+def model_name() -> str:
+    return os.environ.get("LLMOPS_MODEL_NAME", DEFAULT_MODEL_NAME)
+
+
+def experiment_name() -> str:
+    return os.environ.get("LLMOPS_EXPERIMENT", DEFAULT_EXPERIMENT)
+
+
+def sample_data_dir() -> Path:
+    return home() / "data"
+
+
+def tiny_model_dir() -> Path:
+    return home() / "models" / "tiny-base"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def safe_segment(text: str) -> str:
+    """Run ids carry ':' and '+' (``manual__2026-01-01T00:00:00+00:00``); keep paths portable."""
+    return _UNSAFE.sub("_", text).strip("_") or "run"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Identity of the pipeline run a step belongs to; passed to subprocesses and pods by env."""
+
+    dag_id: str = ""
+    run_id: str = ""
+    task_id: str = ""
+
+    @classmethod
+    def from_env(cls) -> "RunContext":
+        return cls(
+            dag_id=os.environ.get("LLMOPS_DAG_ID", ""),
+            run_id=os.environ.get("LLMOPS_RUN_ID", ""),
+            task_id=os.environ.get("LLMOPS_TASK_ID", ""),
+        )
+
+    def env(self) -> dict[str, str]:
+        return {"LLMOPS_DAG_ID": self.dag_id, "LLMOPS_RUN_ID": self.run_id, "LLMOPS_TASK_ID": self.task_id}
+
+    def step_dir(self, step: str, root: str | None = None) -> str:
+        """``{artifact_root}/{dag_id}/{run_id}/{step}``; standalone CLI use lands under ``adhoc``."""
+        root = root or artifact_root()
+        dag = safe_segment(self.dag_id) if self.dag_id else "adhoc"
+        run = safe_segment(self.run_id) if self.run_id else "latest"
+        return f"{root.rstrip('/')}/{dag}/{run}/{step}"
