@@ -85,6 +85,15 @@ def build_tiny_model(out_dir: Path, texts: list[str], seed: int = 0) -> Path:
     return out_dir
 
 
+def packaged_recipe(name: str) -> str:
+    """Path of a recipe shipped in the package (``llmops_tasks/recipes``)."""
+    path = Path(__file__).with_name("recipes") / name
+    if not path.is_file():
+        available = sorted(p.name for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no packaged recipe {name!r}; available: {', '.join(available)}")
+    return str(path)
+
+
 def ensure_tiny_model(out_dir: Path | None = None) -> Path:
     out_dir = out_dir or settings.tiny_model_dir()
     if not (out_dir / "config.json").exists():

@@ -26,7 +26,7 @@ import typing
 from typing import Any, Callable
 
 from llmops_tasks import __version__
-from llmops_tasks.config import ConfigError, _parse_scalar, load  # noqa: F401
+from llmops_tasks.config import ConfigError, _parse_scalar, load
 from llmops_tasks.errors import StepFailed
 
 
@@ -37,6 +37,8 @@ class Command:
     config_cls: type
     run: Callable[[Any], dict]
     help: str
+    # Human-readable rendering of the result; the JSON is printed instead when the config says json.
+    render: Callable[[dict], str] | None = None
 
 
 # subcommand -> (module, one-line help). Modules are imported lazily.
@@ -49,16 +51,13 @@ STEPS: dict[str, tuple[str, str]] = {
     "evaluate": ("llmops_tasks.evaluate", "generate on the eval set and score candidate vs champion"),
     "gate": ("llmops_tasks.gate", "decide whether a candidate may be registered, from its metrics"),
     "registry": ("llmops_tasks.registry", "MLflow model registry: register, status, promote, rollback"),
+    "env": ("llmops_tasks.embedded", "print the embedded deployment's variables as shell exports"),
     "demo": ("llmops_tasks.demo", "run the llm_retraining DAG end to end on the embedded defaults"),
 }
 
 
 def _commands(module_name: str) -> Command | dict[str, Command]:
     return importlib.import_module(module_name).command()
-
-
-def _flag_type(annotation: Any) -> Callable[[str], Any]:
-    return _parse_scalar
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
@@ -83,17 +82,17 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
         if default not in (None, "", [], {}):
             help_text += f" (default: {default})"
         kind = typing.get_origin(hints[f.name])
-        metavar = "{" + ",".join(map(str, typing.get_args(hints[f.name]))) + "}" if kind is typing.Literal else None
+        metavar = "{" + ",".join(map(str, typing.get_args(hints[f.name]))) + "}" if kind is typing.Literal else f.name.upper()
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if hints[f.name] is bool else {}
         group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f"field__{f.name}", type=_flag_type(hints[f.name]),
-            default=argparse.SUPPRESS, help=help_text, metavar=metavar,
+            "--" + f.name.replace("_", "-"), dest=f"field__{f.name}", type=_parse_scalar,
+            default=argparse.SUPPRESS, help=help_text, metavar=metavar, **extra,
         )
 
 
 def _add_command(subparsers, name: str, command: Command) -> None:
     parser = subparsers.add_parser(
         name, help=command.help, description=command.help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter if False else argparse.HelpFormatter,
     )
     _add_config_flags(parser, command.config_cls)
     parser.set_defaults(_command=command)
@@ -152,14 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmops {args.step}: {exc}", file=sys.stderr)
         result = exc.result
         status = 1
-    text = json.dumps(result, indent=2, sort_keys=True, default=str)
     if args.result_file:
         from llmops_tasks.data import write_json
 
         write_json(args.result_file, result)
-    print(text)
+    if command.render is not None and status == 0 and not getattr(config, "json", False):
+        print(command.render(result))
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m llmops_tasks.cli` loads this file as __main__; run the package's copy so the
+    # Command class the steps build is the one checked above.
+    from llmops_tasks.cli import main as _main
+
+    sys.exit(_main())

@@ -172,11 +172,16 @@ def build_suite(config: ValidateConfig, columns: set[str], name: str = "llmops")
         if column not in columns:
             continue
         add(f"{column}_not_null", gxe.ExpectColumnValuesToNotBeNull(column=column))
-        add(f"{column}_is_text", gxe.ExpectColumnValuesToBeInSet(column=column + TYPE_SUFFIX, value_set=list(ALLOWED_TYPES)))
+        add(
+            f"{column}_is_text",
+            gxe.ExpectColumnValuesToBeInSet(column=column + TYPE_SUFFIX, value_set=list(ALLOWED_TYPES)),
+        )
         add(f"{column}_not_blank", gxe.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"))
         add(
             f"{column}_length",
-            gxe.ExpectColumnValueLengthsToBeBetween(column=column, min_value=config.min_chars, max_value=config.max_chars),
+            gxe.ExpectColumnValueLengthsToBeBetween(
+                column=column, min_value=config.min_chars, max_value=config.max_chars
+            ),
         )
     if "id" in columns:
         add("id_unique", gxe.ExpectColumnValuesToBeUnique(column="id"))
@@ -187,7 +192,10 @@ def build_suite(config: ValidateConfig, columns: set[str], name: str = "llmops")
             add("no_duplicate_rows", gxe.ExpectCompoundColumnsToBeUnique(column_list=list(required)))
     if "chosen" in columns and "rejected" in columns:
         # GX has no "pair not equal" expectation: the derived boolean column must be all False.
-        add("chosen_differs_from_rejected", gxe.ExpectColumnValuesToBeInSet(column=PAIR_EQUAL_COLUMN, value_set=[False]))
+        add(
+            "chosen_differs_from_rejected",
+            gxe.ExpectColumnValuesToBeInSet(column=PAIR_EQUAL_COLUMN, value_set=[False]),
+        )
     return gx.ExpectationSuite(name=name, expectations=rules)
 
 
@@ -366,6 +374,13 @@ def run(config: ValidateConfig) -> dict[str, Any]:
     id_label = "row" if uri.lower().endswith((".parquet", ".pq")) else "line"
     frame = to_frame(records, present_text, id_label)
     suite = build_suite(config, columns)
+    skipped = [
+        {"rule": f"{column}_{check}", "reason": f"column {column!r} is missing"}
+        for column in required if column not in columns
+        for check in ("not_null", "is_text", "not_blank", "length")
+    ]
+    if config.check_duplicates and skipped:
+        skipped.append({"rule": "no_duplicate_rows", "reason": "a required column is missing"})
     order = [expectation.meta["rule"] for expectation in suite.expectations]
     rules = summarize(run_suite(frame, suite), order)
     failed = [r for r in rules if not r["success"]]
@@ -389,6 +404,7 @@ def run(config: ValidateConfig) -> dict[str, Any]:
         "required_columns": list(required),
         "text_forms": forms,
         "rules": rules,
+        "skipped_rules": skipped,
         "great_expectations": gx.__version__,
     }
     data.write_json(report_path, report)

@@ -27,7 +27,8 @@ _CITATION = """\
 _DESCRIPTION = """\
 ROUGE (Recall-Oriented Understudy for Gisting Evaluation) compares generated text with references
 by n-gram overlap (rouge1, rouge2) and longest common subsequence (rougeL, rougeLsum). It is case
-insensitive. Wraps Google Research's reimplementation: https://github.com/google-research/google-research/tree/master/rouge
+insensitive. Wraps Google Research's reimplementation:
+https://github.com/google-research/google-research/tree/master/rouge
 """
 
 _KWARGS_DESCRIPTION = """

@@ -1,0 +1,250 @@
+"""
+### Retrain the assistant model on new data, and promote it only when it has earned it
+
+`resolve_inputs -> validate -> eda -> split -> train -> evaluate -> gate -> register (staging)
+-> approval -> promote (production)`
+
+* **validate** checks the data set with Great Expectations; invalid data fails the run here
+  with a report naming the rules and rows, and nothing downstream runs.
+* **eda** writes a self-contained HTML report of the data set.
+* **train** fine-tunes the base model with TRL (`sft` or `dpo`, LoRA optional) on a GPU pod
+  (KubernetesPodOperator) or, in the embedded mode, as a local subprocess of the same
+  `llmops train` command.
+* **evaluate** generates on the held-out prompts with the candidate and with the current
+  `production` model (the base model when there is none) and scores BLEU / ROUGE.
+* **gate** applies the thresholds below; a candidate that fails stops here (the downstream
+  tasks show as skipped, the reason is in the gate's log and XCom) and nothing is registered.
+* **register** logs the candidate to MLflow and moves alias `staging` to it.
+* **approve** asks a human in *Required actions* when `require_approval` is on; otherwise
+  `auto_approve` records that approval was waived for this run.
+* **promote** moves alias `production` to the new version (the replaced one keeps
+  `previous-production` for rollback) unless production moved since the gate compared.
+
+Empty `dataset_uri` / `base_model` mean the embedded sample data set and the tiny local base
+model under `$LLMOPS_HOME`, created on first use.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from llmops_airflow.context import bind_run_context
+from llmops_airflow.operators import step_operator
+
+DAG_ID = "llm_retraining"
+# Cron for scheduled retraining; set LLMOPS_RETRAIN_SCHEDULE="none" to trigger only by hand.
+SCHEDULE = os.environ.get("LLMOPS_RETRAIN_SCHEDULE", "0 3 * * 1")
+TRAIN_DATA_KEY = {"sft": "train_sft", "dpo": "train_preference"}
+
+
+def _xcom(task_id: str, key: str) -> str:
+    return "{{ ti.xcom_pull(task_ids='" + task_id + "')['" + key + "'] }}"
+
+
+def _airflow_fail(exc: Exception):
+    """Data that is invalid will not become valid on retry: fail without retrying."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(str(exc))
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=None if SCHEDULE.lower() == "none" else SCHEDULE,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["llmops", "retraining", "mlflow"],
+    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=1)},
+    params={
+        "dataset_uri": Param("", type="string", title="Preference data set",
+                             description="JSONL or Parquet URI with prompt/chosen/rejected rows. "
+                                         "Empty: the embedded sample data set."),
+        "base_model": Param("", type="string", title="Base model",
+                            description="Hub id or local folder to fine-tune. Empty: the tiny local demo model."),
+        "method": Param("sft", type="string", enum=list(TRAIN_DATA_KEY), title="Method",
+                        description="sft: supervised fine-tuning on chosen answers; dpo: direct preference optimization."),
+        "recipe": Param("", type="string", title="Recipe",
+                        description="YAML training recipe; empty: the packaged tiny recipe of the method."),
+        "max_steps": Param(120, type="integer", minimum=1, maximum=1_000_000, title="Training steps"),
+        "learning_rate": Param(3e-3, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"),
+        "lora": Param(False, type="boolean", title="LoRA", description="Train a LoRA adapter instead of all weights."),
+        "eval_fraction": Param(0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                               title="Held-out share", description="Share of prompts held out for evaluation."),
+        "max_new_tokens": Param(32, type="integer", minimum=1, maximum=4096, title="Max new tokens (eval)"),
+        "gate_min_bleu": Param(0.0, type="number", minimum=0, maximum=100, title="Gate: minimum BLEU"),
+        "gate_max_regression": Param(0.02, type="number", minimum=0, title="Gate: largest regression allowed",
+                                     description="Largest drop vs the production model on any metric "
+                                                 "(BLEU on its 0-100 scale divided by 100)."),
+        "require_approval": Param(True, type="boolean", title="Require human approval",
+                                  description="Wait in Required actions for someone to approve before production."),
+    },
+    render_template_as_native_obj=False,
+)
+def llm_retraining():
+    @task
+    def resolve_inputs(params=None) -> dict:
+        """Fill in the embedded defaults (sample data, tiny base model) when a Param is empty."""
+        bind_run_context()
+        from llmops_tasks import bootstrap, samples
+
+        dataset = params["dataset_uri"] or str(samples.ensure_sample_data())
+        base_model = params["base_model"] or str(bootstrap.ensure_tiny_model())
+        recipe = params["recipe"] or bootstrap.packaged_recipe(f"{params['method']}_tiny.yaml")
+        return {"dataset": dataset, "base_model": base_model, "recipe": recipe}
+
+    @task(retries=0)
+    def validate(inputs: dict) -> dict:
+        bind_run_context()
+        from llmops_tasks import validate as step
+        from llmops_tasks.errors import StepFailed
+
+        try:
+            return step.run(step.ValidateConfig(dataset=inputs["dataset"], kind="preference"))
+        except StepFailed as exc:
+            raise _airflow_fail(exc) from exc
+
+    @task
+    def eda(inputs: dict, validation: dict) -> dict:
+        bind_run_context()
+        from llmops_tasks import eda as step
+
+        return step.run(step.EdaConfig(dataset=inputs["dataset"], kind="preference"))
+
+    @task
+    def split(inputs: dict, validation: dict, params=None) -> dict:
+        bind_run_context()
+        from llmops_tasks import split as step
+        from llmops_tasks.errors import StepFailed
+
+        try:
+            return step.run(step.SplitConfig(dataset=inputs["dataset"], eval_fraction=params["eval_fraction"]))
+        except StepFailed as exc:
+            raise _airflow_fail(exc) from exc
+
+    inputs = resolve_inputs()
+    validation = validate(inputs)
+    report = eda(inputs, validation)
+    splits = split(inputs, validation)
+
+    train_data = (
+        "{{ ti.xcom_pull(task_ids='split')[" + repr(TRAIN_DATA_KEY) + "[params.method]] }}"
+    )
+    train = step_operator(
+        "train",
+        [
+            "train", "{{ params.method }}",
+            "--config", _xcom("resolve_inputs", "recipe"),
+            "--base-model", _xcom("resolve_inputs", "base_model"),
+            "--train-data", train_data,
+            "--set", "max_steps={{ params.max_steps }}",
+            "--set", "learning_rate={{ params.learning_rate }}",
+            "--set", "lora={{ params.lora }}",
+        ],
+        gpus=1,
+    )
+    evaluate = step_operator(
+        "evaluate",
+        [
+            "evaluate",
+            "--candidate-model", _xcom("train", "model_dir"),
+            "--champion-model", "production",
+            "--base-model", _xcom("resolve_inputs", "base_model"),
+            "--eval-data", _xcom("split", "eval"),
+            "--max-new-tokens", "{{ params.max_new_tokens }}",
+        ],
+        gpus=1,
+    )
+
+    @task.short_circuit(ignore_downstream_trigger_rules=True)
+    def gate(metrics: dict, params=None, ti=None) -> bool:
+        """Skip everything downstream (no version, no alias move) when the candidate fails."""
+        bind_run_context()
+        from llmops_tasks import gate as step
+        from llmops_tasks.errors import StepFailed
+
+        config = step.GateConfig(metrics=metrics["metrics"], min_bleu=params["gate_min_bleu"],
+                                 max_regression=params["gate_max_regression"])
+        try:
+            decision = step.run(config)
+        except StepFailed as exc:
+            decision = exc.result
+        ti.xcom_push(key="decision", value=decision)
+        print(f"gate {'PASSED' if decision['passed'] else 'REJECTED'}: {decision['reason']}")
+        return bool(decision["passed"])
+
+    @task
+    def register(train_result: dict, metrics: dict, validation: dict) -> dict:
+        bind_run_context()
+        from llmops_tasks import registry
+        from llmops_tasks.settings import RunContext
+
+        return registry.register(registry.RegisterConfig(
+            train_result=train_result["result_file"],
+            metrics=metrics["metrics"],
+            decision=RunContext.from_env().step_dir("gate") + "/decision.json",
+            dataset_hash=validation["dataset_hash"],
+        ))
+
+    @task.branch
+    def approval_route(params=None) -> str:
+        return "approve" if params["require_approval"] else "auto_approve"
+
+    @task
+    def auto_approve(registered: dict) -> dict:
+        """The explicit path when approval is waived by Param; recorded on the version."""
+        bind_run_context()
+        from llmops_tasks import registry
+
+        registry.record_approval(registered["version"], approved=True, by="auto (require_approval=false)",
+                                 comment="approval waived for this run by the require_approval Param")
+        return {"approved_by": "auto (require_approval=false)", "comment": "approval waived by Param"}
+
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Promote {{ params.method }} candidate to production?",
+        body=(
+            "Candidate **v{{ ti.xcom_pull(task_ids='register')['version'] }}** of "
+            "`{{ ti.xcom_pull(task_ids='register')['model_name'] }}` passed its gate.\n\n"
+            "Gate: {{ ti.xcom_pull(task_ids='gate', key='decision')['reason'] }}\n\n"
+            "Approving moves alias `production` to it; the current production version keeps "
+            "`previous-production` for rollback."
+        ),
+        response_timeout=pendulum.duration(days=3),
+        retries=0,
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def promote(registered: dict, metrics: dict, ti=None) -> dict:
+        bind_run_context()
+        from llmops_tasks import registry
+
+        answer = ti.xcom_pull(task_ids="approve") or {}
+        auto = ti.xcom_pull(task_ids="auto_approve") or {}
+        approved_by = auto.get("approved_by") or str(answer.get("responded_by_user") or "airflow user")
+        comment = auto.get("comment") or str((answer.get("params_input") or {}).get("comment", ""))
+        return registry.promote(registry.PromoteConfig(
+            version=registered["version"],
+            expected_production=metrics.get("champion_version") or "none",
+            approved_by=approved_by,
+            comment=comment,
+        ))
+
+    splits >> train >> evaluate
+    report >> train
+    passed = gate(evaluate.output)
+    registered = register(train.output, evaluate.output, validation)
+    passed >> registered
+    route = approval_route()
+    waived = auto_approve(registered)
+    registered >> route >> [approve, waived]
+    [approve, waived] >> promote(registered, evaluate.output)
+
+
+llm_retraining()

@@ -1,0 +1,188 @@
+"""``llmops gate``: decide from the evaluate step's metrics whether a candidate may be registered.
+
+The policy is a handful of rules, each checked and reported on its own:
+
+- ``min_bleu`` / ``min_rougeL``: floors on the candidate's own scores;
+- ``max_regression``: on each of ``regression_metrics``, the candidate may fall at most this far
+  below the champion (absolute, on the 0-1 scale evaluate reports);
+- ``min_improvement``: the lower end of the 95% confidence interval of candidate - champion on
+  ``primary_metric`` must reach this value, i.e. the gain must be more than noise. ``null``
+  switches the rule off, leaving only the floors and the regression rules.
+
+The thresholds come from the step's settings (a recipe via ``--config``, or ``--set``) and, where
+one team keeps its policy in a file of its own, from ``policy``: a YAML file holding any of the
+threshold settings. A threshold given in the settings (one that differs from its default) wins
+over the policy file. A rejection is not a crash: the decision is written, and the step fails with
+the reason (CLI exit code 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from llmops_tasks import data
+from llmops_tasks.config import ConfigError, _coerce, field, load_yaml, require
+from llmops_tasks.errors import StepFailed
+from llmops_tasks.settings import RunContext
+
+METRIC_NAMES = ("bleu", "rouge1", "rouge2", "rougeL")
+THRESHOLDS = ("min_bleu", "min_rougeL", "max_regression", "regression_metrics", "primary_metric", "min_improvement")
+
+
+@dataclass
+class GateConfig:
+    metrics: str = field(
+        "", help="metrics.json written by the evaluate step (default: the run's evaluate/metrics.json)"
+    )
+    policy: str = field("", help="optional YAML file of threshold settings (the keys below from min_bleu on)")
+    out_dir: str = field("", help="output folder for decision.json (default: the run's gate/ folder)")
+    min_bleu: float = field(0.0, help="lowest BLEU (0-1) the candidate may have")
+    min_rougeL: float = field(0.0, help="lowest ROUGE-L F1 (0-1) the candidate may have")
+    max_regression: float = field(
+        0.02, help="largest drop below the champion allowed on each regression metric (absolute)"
+    )
+    regression_metrics: list[str] = field(
+        default_factory=lambda: list(METRIC_NAMES), help="metrics on which max_regression applies"
+    )
+    primary_metric: str = field("rougeL", help="metric whose confidence interval min_improvement is checked on")
+    min_improvement: float | None = field(
+        0.0,
+        help="required lower end of the 95 percent confidence interval of candidate - champion on primary_metric "
+        "(null: no such rule)",
+    )
+
+    def __post_init__(self) -> None:
+        context = RunContext.from_env()
+        self.metrics = self.metrics.strip() or f"{context.step_dir('evaluate')}/metrics.json"
+        self.out_dir = self.out_dir.strip() or context.step_dir("gate")
+        self.policy = self.policy.strip()
+        if self.policy:
+            self._apply_policy_file()
+        require(
+            self.primary_metric in METRIC_NAMES,
+            f"gate: primary_metric must be one of {list(METRIC_NAMES)}, got {self.primary_metric!r}",
+        )
+        unknown = [m for m in self.regression_metrics if m not in METRIC_NAMES]
+        require(not unknown, f"gate: regression_metrics must be among {list(METRIC_NAMES)}, got {unknown}")
+        for name in ("min_bleu", "min_rougeL"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"gate: {name} is on the 0-1 scale evaluate reports, got {value}")
+        require(self.max_regression >= 0, f"gate: max_regression must be 0 or more, got {self.max_regression}")
+
+    def _apply_policy_file(self) -> None:
+        values = load_yaml(self.policy)
+        unknown = sorted(set(values) - set(THRESHOLDS))
+        if unknown:
+            raise ConfigError(
+                f"{self.policy}: unknown setting(s) {', '.join(unknown)} for a gate policy; "
+                f"known settings are: {', '.join(THRESHOLDS)}"
+            )
+        hints = typing.get_type_hints(type(self))
+        defaults = {f.name: f for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            spec = defaults[name]
+            if spec.default is dataclasses.MISSING:
+                default = spec.default_factory()  # type: ignore[misc]
+            else:
+                default = spec.default
+            if getattr(self, name) == default:  # not set inline: the file decides
+                setattr(self, name, _coerce(value, hints[name], f"{self.policy}.{name}"))
+
+    def thresholds(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in THRESHOLDS}
+
+
+def _rule(rule: str, metric: str, value: float | None, threshold: float, passed: bool, detail: str) -> dict[str, Any]:
+    return {"rule": rule, "metric": metric, "value": value, "threshold": threshold, "passed": passed, "detail": detail}
+
+
+def decide(metrics: dict[str, Any], policy: GateConfig) -> dict[str, Any]:
+    """The decision for one metrics.json under one policy; pure, so each rule can be tested alone."""
+    candidate = metrics.get("candidate") or {}
+    champion = metrics.get("champion") or {}
+    ci = metrics.get("ci") or {}
+    label = metrics.get("champion_label") or "the champion"
+    rules: list[dict[str, Any]] = []
+
+    def value_of(scores: dict[str, Any], name: str) -> float | None:
+        value = scores.get(name)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    for rule, metric, floor in (("min_bleu", "bleu", policy.min_bleu), ("min_rougeL", "rougeL", policy.min_rougeL)):
+        value = value_of(candidate, metric)
+        passed = value is not None and value >= floor
+        detail = (f"candidate {metric} {value:.4f} {'>=' if passed else '<'} {floor:.4f}" if value is not None
+                  else f"candidate {metric} missing from the metrics")
+        rules.append(_rule(rule, metric, value, floor, passed, detail))
+
+    for metric in policy.regression_metrics:
+        ours, theirs = value_of(candidate, metric), value_of(champion, metric)
+        if ours is None or theirs is None:
+            rules.append(_rule("max_regression", metric, None, -policy.max_regression, False,
+                               f"{metric} missing for the candidate or {label}"))
+            continue
+        change = ours - theirs
+        passed = change >= -policy.max_regression
+        detail = (f"{metric} {ours:.4f} vs {theirs:.4f} for {label}: change {change:+.4f}"
+                  + ("" if passed else f", a drop larger than the {policy.max_regression:.4f} allowed"))
+        rules.append(_rule("max_regression", metric, change, -policy.max_regression, passed, detail))
+
+    if policy.min_improvement is not None:
+        metric = policy.primary_metric
+        interval = ci.get(metric)
+        if not interval:
+            rules.append(_rule("min_improvement", metric, None, policy.min_improvement, False,
+                               f"no confidence interval for {metric} in the metrics (bootstrap_samples=0?)"))
+        else:
+            low, high = float(interval[0]), float(interval[1])
+            passed = low >= policy.min_improvement
+            detail = (f"95% CI of the {metric} gain over {label} is [{low:+.4f}, {high:+.4f}]; its lower end "
+                      f"{'reaches' if passed else 'is below'} {policy.min_improvement:+.4f}")
+            rules.append(_rule("min_improvement", metric, low, policy.min_improvement, passed, detail))
+
+    failed = [r for r in rules if not r["passed"]]
+    if failed:
+        reason = "rejected: " + "; ".join(f"{r['rule']} ({r['metric']}): {r['detail']}" for r in failed)
+    else:
+        primary = policy.primary_metric
+        gain = value_of(metrics.get("delta") or {}, primary)
+        reason = (f"passed all {len(rules)} rules against {label}"
+                  + (f"; {primary} change {gain:+.4f}" if gain is not None else ""))
+    return {
+        "passed": not failed,
+        "reason": reason,
+        "rules": rules,
+        "candidate": candidate,
+        "champion": champion,
+        "champion_label": label,
+        "ci": ci,
+        "n": metrics.get("n"),
+        "policy": policy.thresholds(),
+    }
+
+
+def run(config: GateConfig) -> dict:
+    try:
+        metrics = data.read_json(config.metrics)
+    except FileNotFoundError as exc:
+        raise StepFailed(f"gate: metrics file not found: {config.metrics}") from exc
+    except ValueError as exc:
+        raise StepFailed(f"gate: {config.metrics} is not valid JSON ({exc})") from exc
+    if not isinstance(metrics, dict) or "candidate" not in metrics:
+        raise StepFailed(f"gate: {config.metrics} is not an evaluate metrics.json (no 'candidate' scores)")
+    decision = decide(metrics, config)
+    decision["metrics_path"] = config.metrics
+    decision["decision_path"] = f"{config.out_dir.rstrip('/')}/decision.json"
+    data.write_json(decision["decision_path"], decision)
+    if not decision["passed"]:
+        raise StepFailed(decision["reason"], decision)
+    return decision
+
+
+def command():
+    from llmops_tasks.cli import Command
+
+    return Command(GateConfig, run, "decide whether a candidate may be registered, from its metrics")

@@ -1,0 +1,263 @@
+"""A pipeline step as a KubernetesPodOperator: the trainer image, GPUs, volumes, secrets.
+
+Imported only when ``LLMOPS_EXECUTION=kubernetes`` (the Kubernetes provider costs seconds to
+import, which every DAG parse would pay otherwise). Things that may differ between the
+machine that parses the DAG and the one that runs it — the image, the MLflow server, the artifact
+store — are read when the pod is built, i.e. at run time.
+
+Deployment settings, all optional (environment of the Airflow components):
+
+=============================  ==============================================================
+``LLMOPS_TRAINER_IMAGE``       trainer image (else Variable ``llmops_trainer_image``, else
+                               ``ghcr.io/llmops-airflow/trainer:<package version>``); run time
+``LLMOPS_K8S_NAMESPACE``       namespace (else the ``kubernetes_default`` connection's, else
+                               the worker's in-cluster namespace, else ``default``)
+``LLMOPS_CHECKPOINTS_PVC``     PVC mounted at ``/checkpoints`` (default ``llmops-checkpoints``);
+                               ReadWriteMany when steps can run at the same time
+``LLMOPS_HF_CACHE_PVC``        PVC for the Hugging Face cache at ``/cache/huggingface``
+                               (default: an emptyDir, i.e. downloads per pod)
+``LLMOPS_GPU_NODE_SELECTOR``   ``key=value[,key=value]`` for GPU pods
+                               (default ``nvidia.com/gpu.present=true``, set by NVIDIA GFD)
+``LLMOPS_HF_SECRET``           Secret with key ``token`` -> ``HF_TOKEN`` (default ``llmops-hf``)
+``LLMOPS_MLFLOW_SECRET``       Secret whose keys become env vars, e.g.
+                               ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``,
+                               ``AWS_ACCESS_KEY_ID`` (default ``llmops-mlflow``)
+=============================  ==============================================================
+
+Both Secrets are optional references: a pod starts without them (a tiny local model needs no
+token) and the step fails with the service's own error when it does need them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
+from airflow.providers.cncf.kubernetes.secret import Secret
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from kubernetes.client import models as k8s
+
+from llmops_airflow.operators import publish_mlflow_run_url
+from llmops_airflow.plugin import MLflowRunLink
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+IMAGE_VARIABLE = "llmops_trainer_image"
+DEFAULT_IMAGE_REPO = "ghcr.io/llmops-airflow/trainer"
+RESULT_FILE = "/airflow/xcom/return.json"  # the KPO xcom sidecar reads this path
+CHECKPOINTS_MOUNT = "/checkpoints"
+HF_HOME = "/cache/huggingface"
+UID = 1000  # the trainer image's user (docker/Dockerfile.trainer)
+
+# Worker settings a pod needs to reach the same services and storage; never credentials.
+PASS_THROUGH_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "LLMOPS_ARTIFACT_ROOT",
+    "LLMOPS_MODEL_NAME",
+    "LLMOPS_EXPERIMENT",
+)
+DEFAULT_RESOURCES = {
+    "cpu": {"cpu": "1", "memory": "4Gi"},
+    "gpu": {"cpu": "8", "memory": "32Gi"},
+}
+
+
+def trainer_image() -> str:
+    """The trainer image: env ``LLMOPS_TRAINER_IMAGE``, Variable ``llmops_trainer_image``, default."""
+    image = os.environ.get("LLMOPS_TRAINER_IMAGE")
+    if not image:
+        from airflow.sdk import Variable
+
+        image = Variable.get(IMAGE_VARIABLE, default=None)
+    if not image:
+        from llmops_tasks import __version__
+
+        image = f"{DEFAULT_IMAGE_REPO}:{__version__.replace('+', '-')}"
+    return image
+
+
+def _node_selector(text: str) -> dict[str, str]:
+    pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+    if any(not sep or not key.strip() for key, sep, _ in pairs):
+        raise ValueError(f"LLMOPS_GPU_NODE_SELECTOR must look like 'key=value[,key=value]', got {text!r}")
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def _container_security_context() -> k8s.V1SecurityContext:
+    return k8s.V1SecurityContext(
+        run_as_non_root=True,
+        run_as_user=UID,
+        run_as_group=UID,
+        allow_privilege_escalation=False,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def base_container_exit_code(remote_pod: k8s.V1Pod | None, container: str) -> int | None:
+    """Exit code of ``container`` if it has terminated, else None."""
+    statuses = (remote_pod.status.container_statuses if remote_pod and remote_pod.status else None) or []
+    status = next((s for s in statuses if s.name == container), None)
+    terminated = status.state.terminated if status and status.state else None
+    return terminated.exit_code if terminated else None
+
+
+class LLMOpsPodOperator(KubernetesPodOperator):
+    """KubernetesPodOperator for ``llmops <step>``: resolves the image and the services' addresses
+    when the pod is built, keeps Secret references optional, sanitizes rendered labels, and turns
+    exit code 1 with a result ("the step said no") into a failure that is not retried."""
+
+    operator_extra_links = (MLflowRunLink(),)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mlflow_run_url: str | None = None  # read by MLflowRunLink
+
+    def execute(self, context: Context) -> Any:
+        result = super().execute(context)
+        self.mlflow_run_url = publish_mlflow_run_url(context, result)
+        return result
+
+    def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:  # deferrable mode
+        result = super().trigger_reentry(context, event)
+        self.mlflow_run_url = publish_mlflow_run_url(context, result)
+        return result
+
+    def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        if not self.image:
+            self.image = trainer_image()
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        container = next(c for c in pod.spec.containers if c.name == self.base_container_name)
+        container.env = container.env or []
+        present = {e.name for e in container.env}
+        container.env.extend(
+            k8s.V1EnvVar(name=name, value=os.environ[name])
+            for name in PASS_THROUGH_ENV
+            if os.environ.get(name) and name not in present
+        )
+        for env in container.env:
+            if env.value_from and env.value_from.secret_key_ref:
+                env.value_from.secret_key_ref.optional = True
+        for source in container.env_from or []:
+            if source.secret_ref:
+                source.secret_ref.optional = True
+        pod.metadata.labels = {k: make_safe_label_value(str(v)) for k, v in (pod.metadata.labels or {}).items()}
+        return pod
+
+    def cleanup(self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, xcom_result: dict | None = None,
+                context: Context | None = None) -> None:
+        try:
+            super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
+        except AirflowException as exc:
+            # exit 1 with a result: the step said no. Exit 1 without one is an uncaught exception.
+            if base_container_exit_code(remote_pod, self.base_container_name) == 1 and isinstance(xcom_result, dict):
+                reason = xcom_result.get("error")
+                raise AirflowFailException(
+                    f"llmops step in pod {pod.metadata.name} said no (exit code 1)" + (f": {reason}" if reason else "")
+                ) from exc
+            raise
+
+
+def build_pod_operator(
+    task_id: str,
+    arguments: Sequence[str],
+    *,
+    gpus: int = 0,
+    resources: Mapping[str, str | int] | None = None,
+    **kwargs: Any,
+) -> LLMOpsPodOperator:
+    """``llmops <arguments>`` in the trainer image; see ``llmops_airflow.operators.step_operator``.
+
+    Dict-valued ``env_vars``, ``labels`` and ``node_selector`` passed in ``kwargs`` are merged over
+    the defaults; any other KubernetesPodOperator argument replaces its default.
+    """
+    gpu = gpus > 0
+    quantities = {**DEFAULT_RESOURCES["gpu" if gpu else "cpu"], **{k: str(v) for k, v in (resources or {}).items()}}
+    if gpu:
+        quantities["nvidia.com/gpu"] = str(gpus)
+    step = arguments[0] if arguments and isinstance(arguments[0], str) and "{" not in arguments[0] else "step"
+
+    hf_cache_pvc = os.environ.get("LLMOPS_HF_CACHE_PVC")
+    volumes = [
+        k8s.V1Volume(
+            name="checkpoints",
+            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                claim_name=os.environ.get("LLMOPS_CHECKPOINTS_PVC", "llmops-checkpoints")
+            ),
+        ),
+        k8s.V1Volume(name="hf-cache", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=hf_cache_pvc)) if hf_cache_pvc else k8s.V1Volume(name="hf-cache", empty_dir=k8s.V1EmptyDirVolumeSource()),
+    ]
+    mounts = [
+        k8s.V1VolumeMount(name="checkpoints", mount_path=CHECKPOINTS_MOUNT),
+        k8s.V1VolumeMount(name="hf-cache", mount_path=HF_HOME),
+    ]
+    if gpu:  # PyTorch data loaders and NCCL need more shared memory than the container default
+        volumes.append(k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")))
+        mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
+
+    env_vars = {
+        "LLMOPS_DAG_ID": "{{ dag.dag_id }}",
+        "LLMOPS_RUN_ID": "{{ run_id }}",
+        "LLMOPS_TASK_ID": "{{ task.task_id }}",
+        "LLMOPS_RESULT_FILE": RESULT_FILE,
+        "LLMOPS_HOME": f"{CHECKPOINTS_MOUNT}/llmops",
+        "HF_HOME": HF_HOME,
+        "PYTHONUNBUFFERED": "1",
+        **dict(kwargs.pop("env_vars", None) or {}),
+    }
+    labels = {
+        "app.kubernetes.io/name": "llmops",
+        "app.kubernetes.io/component": step,
+        "app.kubernetes.io/managed-by": "airflow",
+        "llmops/dag-id": "{{ dag.dag_id }}",
+        "llmops/run-id": "{{ run_id }}",
+        "llmops/task-id": "{{ task.task_id }}",
+        **dict(kwargs.pop("labels", None) or {}),
+    }
+    node_selector = {
+        **(_node_selector(os.environ.get("LLMOPS_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true")) if gpu else {}),
+        **dict(kwargs.pop("node_selector", None) or {}),
+    }
+    defaults: dict[str, Any] = {
+        "namespace": os.environ.get("LLMOPS_K8S_NAMESPACE") or None,
+        "image_pull_policy": "IfNotPresent",
+        "container_resources": k8s.V1ResourceRequirements(requests=dict(quantities), limits=dict(quantities)),
+        "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if gpu else [],
+        "volumes": volumes,
+        "volume_mounts": mounts,
+        "secrets": [
+            Secret("env", "HF_TOKEN", os.environ.get("LLMOPS_HF_SECRET", "llmops-hf"), "token"),
+            Secret("env", None, os.environ.get("LLMOPS_MLFLOW_SECRET", "llmops-mlflow")),
+        ],
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=UID,
+            run_as_group=UID,
+            fs_group=UID,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        "container_security_context": _container_security_context(),
+        "xcom_sidecar_container_security_context": _container_security_context(),
+        "startup_timeout_seconds": 900 if gpu else 300,  # CUDA images are large to pull
+        "schedule_timeout_seconds": 1800 if gpu else 600,  # GPU nodes may have to be scaled up
+        "termination_message_policy": "FallbackToLogsOnError",
+        "log_events_on_failure": True,
+        "on_finish_action": "delete_pod",
+        "do_xcom_push": True,  # the step's result JSON becomes the task's return value
+    }
+    return LLMOpsPodOperator(
+        task_id=task_id,
+        cmds=["llmops"],
+        arguments=list(arguments),
+        env_vars=env_vars,
+        labels=labels,
+        node_selector=node_selector,
+        **{**defaults, **kwargs},
+    )

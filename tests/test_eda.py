@@ -1,0 +1,122 @@
+"""The eda step on a hand-made data set whose statistics are known."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from llmops_tasks import samples
+from llmops_tasks.config import ConfigError
+from llmops_tasks.eda import EdaConfig, histogram, percentile, run
+from llmops_tasks.errors import StepFailed
+
+pytestmark = pytest.mark.unit
+
+ROWS = [
+    {"id": "a", "prompt": "how do I reset it", "chosen": "open settings then reset", "rejected": "no",
+     "source": "chat"},
+    {"id": "b", "prompt": "how do I reset it", "chosen": "open settings then reset", "rejected": "no",
+     "source": "chat"},
+    {"id": "c", "prompt": "how do I log in", "chosen": "use sso", "rejected": "try the other portal please",
+     "source": "tickets"},
+    {"id": "d", "prompt": "<script>alert('x')</script> why", "chosen": "abcd", "rejected": "wxyz"},
+    {"id": "e", "prompt": "<script>alert('x')</script> why", "chosen": "abcdefgh", "rejected": "w",
+     "source": "<i>odd</i>"},
+]
+
+@pytest.fixture
+def report(tmp_path) -> tuple[dict, str, dict]:
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    result = run(EdaConfig(dataset=str(path), out=str(tmp_path / "eda")))
+    stats = json.loads(Path(result["report_json"]).read_text(encoding="utf-8"))
+    page = Path(result["report_html"]).read_text(encoding="utf-8")
+    return result, page, stats
+
+
+def test_eda_counts_on_a_hand_made_data_set(report):
+    result, _, stats = report
+    assert result["rows"] == stats["rows"] == 5
+    assert stats["duplicates"]["exact_duplicate_rows"] == 1
+    assert stats["duplicates"]["duplicate_values_per_column"] == {"prompt": 2, "chosen": 1, "rejected": 1}
+    assert stats["prompts"]["unique"] == 3
+    assert stats["prompts"]["duplication_rate"] == 0.4
+    assert stats["prompts"]["most_repeated"] == [
+        {"prompt": "<script>alert('x')</script> why", "count": 2},
+        {"prompt": "how do I reset it", "count": 2},
+    ]
+    assert stats["prompts"]["top_bigrams"][:2] == [{"bigram": "do i", "count": 3}, {"bigram": "how do", "count": 3}]
+    assert stats["sources"] == {"chat": 2, "tickets": 1, "(missing)": 1, "<i>odd</i>": 1}
+
+    rejected = stats["text_columns"]["rejected"]
+    assert rejected["chars"] == {"min": 1, "mean": 7.2, "p50": 2.0, "p95": 22.4, "max": 27}
+    assert rejected["tokens"]["max"] == 5
+    assert sum(rejected["char_histogram"]["counts"]) == 5
+    assert rejected["count"] == 5 and rejected["missing"] == 0
+
+    pairs = stats["pairs"]
+    assert pairs["pairs"] == 5
+    assert pairs["chosen_longer_share"] == 0.6
+    assert pairs["same_length_share"] == 0.2
+    assert pairs["chosen_mean_chars"] == 13.4
+    assert pairs["rejected_mean_chars"] == 7.2
+
+
+def test_eda_html_is_self_contained_and_escaped(report):
+    _, page, _ = report
+    assert page.count("<svg") >= 6
+    for svg in re.findall(r"<svg.*?</svg>", page, re.S):
+        ET.fromstring(svg)  # well-formed
+    assert "<script" not in page.lower()
+    assert "http" not in page.lower()
+    assert "<link" not in page.lower() and "@import" not in page and "url(" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; why" in page
+    assert "&lt;i&gt;odd&lt;/i&gt;" in page and "<i>odd" not in page
+
+
+def test_eda_on_the_sample_set(tmp_path):
+    dataset = samples.ensure_sample_data(tmp_path / "data")
+    result = run(EdaConfig(dataset=str(dataset), out=str(tmp_path / "eda")))
+    stats = json.loads(Path(result["report_json"]).read_text())
+    assert stats["rows"] == len(samples.preference_rows())
+    assert stats["pairs"]["chosen_longer_share"] > 0.5
+    assert len(stats["prompts"]["top_bigrams"]) == 20
+    assert sum(stats["sources"].values()) == stats["rows"]
+
+
+def test_eda_unreadable_file_is_a_step_failure(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(StepFailed, match=r"rule json_lines failed: line 2 is not valid JSON"):
+        run(EdaConfig(dataset=str(path), out=str(tmp_path / "eda")))
+
+
+def test_eda_config_requires_a_dataset():
+    with pytest.raises(ConfigError, match="dataset: required"):
+        EdaConfig()
+
+
+def test_statistics_helpers():
+    assert percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert percentile([7], 0.95) == 7
+    assert histogram([1, 1, 5], 2) == {"edges": [1, 4, 7], "counts": [2, 1]}
+    assert histogram([], 5) == {"edges": [], "counts": []}
+
+
+def test_eda_through_the_cli(tmp_path):
+    dataset = samples.ensure_sample_data(tmp_path / "data")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from llmops_tasks.cli import main; sys.exit(main())",
+         "eda", "--dataset", str(dataset), "--out", str(tmp_path / "eda")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["rows"] == len(samples.preference_rows())
+    assert Path(result["report_html"]).is_file() and Path(result["report_json"]).is_file()

@@ -1,0 +1,163 @@
+"""The gate's rules on hand-written metrics.json files, through decide(), run() and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmops_tasks import cli, config
+from llmops_tasks.config import ConfigError
+from llmops_tasks.errors import StepFailed
+from llmops_tasks.gate import GateConfig, decide, run
+
+pytestmark = pytest.mark.unit
+
+RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "recipes" / "gate.yaml"
+
+
+def metrics(candidate: dict, champion: dict, ci: dict | None = None) -> dict:
+    scores = ("bleu", "rouge1", "rouge2", "rougeL")
+    return {
+        "candidate": {k: candidate.get(k, 0.5) for k in scores} | {"gen_len": 20.0},
+        "champion": {k: champion.get(k, 0.5) for k in scores} | {"gen_len": 20.0},
+        "delta": {k: candidate.get(k, 0.5) - champion.get(k, 0.5) for k in scores},
+        "ci": ci if ci is not None else {"bleu": [0.01, 0.09], "rougeL": [0.02, 0.10]},
+        "champion_label": "production v3",
+        "n": 40,
+    }
+
+
+IMPROVING = metrics({"bleu": 0.40, "rougeL": 0.55}, {"bleu": 0.35, "rougeL": 0.49})
+REGRESSING = metrics(
+    {"bleu": 0.30, "rougeL": 0.50}, {"bleu": 0.36, "rougeL": 0.49}, ci={"bleu": [-0.1, -0.02], "rougeL": [-0.02, 0.04]}
+)
+
+
+@pytest.fixture
+def policy(tmp_path, monkeypatch) -> GateConfig:
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
+    return GateConfig()
+
+
+def failed(decision: dict) -> list[tuple[str, str]]:
+    return [(r["rule"], r["metric"]) for r in decision["rules"] if not r["passed"]]
+
+
+def test_improving_candidate_passes(policy):
+    decision = decide(IMPROVING, policy)
+    assert decision["passed"] is True
+    assert failed(decision) == []
+    assert decision["reason"].startswith("passed all 7 rules against production v3; rougeL change +0.0600")
+    assert {r["rule"] for r in decision["rules"]} == {"min_bleu", "min_rougeL", "max_regression", "min_improvement"}
+    assert all(set(r) >= {"rule", "metric", "value", "threshold", "passed"} for r in decision["rules"])
+    assert decision["candidate"]["bleu"] == 0.40 and decision["champion"]["bleu"] == 0.35
+
+
+def test_regressing_candidate_is_rejected_with_the_rule_named(policy):
+    decision = decide(REGRESSING, policy)
+    assert decision["passed"] is False
+    assert failed(decision) == [("max_regression", "bleu"), ("min_improvement", "rougeL")]
+    assert decision["reason"].startswith("rejected: max_regression (bleu): bleu 0.3000 vs 0.3600 for production v3")
+    assert "min_improvement (rougeL)" in decision["reason"]
+    assert "\n" not in decision["reason"]
+    bleu_rule = next(r for r in decision["rules"] if r["rule"] == "max_regression" and r["metric"] == "bleu")
+    assert bleu_rule["value"] == pytest.approx(-0.06) and bleu_rule["threshold"] == -0.02
+
+
+def test_disabled_min_improvement_leaves_only_floors_and_regressions(policy):
+    within_tolerance = metrics({"rougeL": 0.49}, {"rougeL": 0.50}, ci={"rougeL": [-0.05, 0.03]})
+    assert failed(decide(within_tolerance, policy)) == [("min_improvement", "rougeL")]
+    policy.min_improvement = None
+    decision = decide(within_tolerance, policy)
+    assert decision["passed"] is True
+    assert "min_improvement" not in {r["rule"] for r in decision["rules"]}
+
+
+def test_floors_and_a_missing_interval(policy):
+    policy.min_bleu, policy.min_rougeL = 0.5, 0.6
+    decision = decide(metrics({"bleu": 0.45, "rougeL": 0.7}, {"bleu": 0.45, "rougeL": 0.7}, ci={}), policy)
+    assert failed(decision) == [("min_bleu", "bleu"), ("min_improvement", "rougeL")]
+    assert "no confidence interval for rougeL" in decision["reason"]
+
+
+def test_thresholds_are_read_from_the_shipped_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    loaded = config.load(GateConfig, RECIPE)
+    assert loaded.thresholds() == GateConfig().thresholds()
+
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        "min_bleu: 0.38\nmax_regression: 0.0\nregression_metrics: [bleu, rougeL]\nmin_improvement: null\n"
+    )
+    loaded = config.load(GateConfig, strict)
+    assert (loaded.min_bleu, loaded.max_regression, loaded.regression_metrics, loaded.min_improvement) == (
+        0.38, 0.0, ["bleu", "rougeL"], None,
+    )
+    assert decide(IMPROVING, loaded)["passed"] is True
+    loaded.min_bleu = 0.41
+    assert failed(decide(IMPROVING, loaded)) == [("min_bleu", "bleu")]
+
+
+def test_policy_file_fills_thresholds_not_set_inline(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("min_rougeL: 0.3\nmax_regression: 0.05\nprimary_metric: bleu\n")
+    gate = config.load(GateConfig, None, [f"policy={policy_file}", "max_regression=0.01"])
+    assert (gate.min_rougeL, gate.max_regression, gate.primary_metric) == (0.3, 0.01, "bleu")
+
+
+def test_unknown_or_bad_settings_are_configuration_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    stale = tmp_path / "stale.yaml"
+    stale.write_text("min_bleu: 0.1\nmin_blue: 0.2\n")
+    with pytest.raises(ConfigError, match="unknown setting.*min_blue"):
+        config.load(GateConfig, stale)
+    with pytest.raises(ConfigError, match="unknown setting.*min_blue.*gate policy"):
+        GateConfig(policy=str(stale))
+    with pytest.raises(ConfigError, match="0-1 scale"):
+        GateConfig(min_bleu=25.0)  # a sacrebleu-scale number where a 0-1 one belongs
+    with pytest.raises(ConfigError, match="primary_metric"):
+        GateConfig(primary_metric="accuracy")
+    with pytest.raises(ConfigError, match="not found"):
+        GateConfig(policy=str(tmp_path / "missing.yaml"))
+
+
+def test_run_writes_the_decision_and_fails_on_rejection(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(IMPROVING))
+    bad.write_text(json.dumps(REGRESSING))
+
+    result = run(GateConfig(metrics=str(good), out_dir=str(tmp_path / "gate-good")))
+    assert result["passed"] is True
+    assert json.loads(Path(result["decision_path"]).read_text())["passed"] is True
+
+    with pytest.raises(StepFailed, match="max_regression") as excinfo:
+        run(GateConfig(metrics=str(bad), out_dir=str(tmp_path / "gate-bad")))
+    assert excinfo.value.result["passed"] is False
+    written = json.loads((tmp_path / "gate-bad" / "decision.json").read_text())
+    assert written["reason"] == str(excinfo.value)
+
+    with pytest.raises(StepFailed, match="metrics file not found"):
+        run(GateConfig(metrics=str(tmp_path / "nope.json")))
+
+
+def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(IMPROVING))
+    bad.write_text(json.dumps(REGRESSING))
+    assert cli.main(["gate", "--config", str(RECIPE), "--metrics", str(good)]) == 0
+    assert json.loads(capsys.readouterr().out)["passed"] is True
+    result_file = tmp_path / "r.json"
+    assert cli.main(["gate", "--config", str(RECIPE), "--metrics", str(bad), "--result-file", str(result_file)]) == 1
+    assert "rejected: max_regression (bleu)" in capsys.readouterr().err
+    assert json.loads(result_file.read_text())["passed"] is False
+    # Loosening the policy from the command line lets the same candidate through.
+    assert cli.main(["gate", "--metrics", str(bad), "--max-regression", "0.1", "--set", "min_improvement=null"]) == 0
+    assert cli.main(["gate", "--metrics", str(bad), "--set", "min_bleu=high"]) == 2
+    with pytest.raises(SystemExit) as help_exit:  # help text must survive argparse's %-formatting
+        cli.main(["gate", "--help"])
+    assert help_exit.value.code == 0

@@ -1,0 +1,448 @@
+"""The step operators: the pod a step becomes in production, and the local subprocess it becomes
+in the embedded mode.
+
+What is real and what is not:
+- Kubernetes mode: there is no cluster here. The pod is built with the provider's own
+  ``build_pod_request_obj(context, dry_run=True)``, which never calls the Kubernetes API; the
+  ``kubernetes_default`` connection does not exist, so the hook falls back to an empty one (the
+  provider's own behaviour). The task instance in the context is a SimpleNamespace carrying the
+  fields the operator reads (dag_id, task_id, run_id, map_index, try_number). The resulting pod is
+  validated offline against the Kubernetes OpenAPI schema (kubernetes-validate) and round-tripped
+  through the kubernetes client's models. Only ``cleanup``'s calls to the API (deleting and
+  patching the pod, reading events) are mocked.
+- Local mode: everything is real — a real ``python -m llmops_tasks.cli`` subprocess running the
+  real ``split`` step on a tiny file; only the task instance is faked (it records XCom pushes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import structlog
+from airflow.sdk import DAG
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from llmops_airflow.operators import LocalStepOperator, step_operator
+
+pytestmark = pytest.mark.unit
+
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"  # ':' and '+' are not valid in label values
+WORKER_SECRET = "hf_worker_token_must_not_reach_pods"
+K8S_VERSIONS = ("1.30", "1.33")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+DEPLOYMENT_ENV = (
+    "LLMOPS_TRAINER_IMAGE", "AIRFLOW_VAR_LLMOPS_TRAINER_IMAGE", "LLMOPS_K8S_NAMESPACE", "LLMOPS_CHECKPOINTS_PVC",
+    "LLMOPS_HF_CACHE_PVC", "LLMOPS_GPU_NODE_SELECTOR", "LLMOPS_HF_SECRET", "LLMOPS_MLFLOW_SECRET",
+    "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_S3_ENDPOINT_URL", "LLMOPS_ARTIFACT_ROOT",
+    "LLMOPS_MODEL_NAME", "LLMOPS_EXPERIMENT",
+)
+
+
+def fake_ti(dag_id: str, task_id: str, run_id: str = RUN_ID) -> types.SimpleNamespace:
+    pushed: dict = {}
+    return types.SimpleNamespace(
+        dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=-1, try_number=1, pushed=pushed,
+        xcom_push=lambda key, value: pushed.__setitem__(key, value),
+    )
+
+
+def context_for(op, dag=None, **extra) -> dict:
+    ti = fake_ti(dag.dag_id if dag else "adhoc_dag", op.task_id)
+    return {"dag": dag, "task": op, "ti": ti, "run_id": RUN_ID, "params": {}, **extra}
+
+
+# --------------------------------------------------------------------------------------------
+# the factory
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in (*DEPLOYMENT_ENV, "LLMOPS_EXECUTION"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_local_mode_is_the_default_and_drops_pod_only_arguments(clean_env):
+    op = step_operator("split", ["split"], gpus=1, resources={"memory": "1Gi"}, node_selector={"a": "b"}, retries=3)
+    assert isinstance(op, LocalStepOperator)
+    assert op.arguments == ["split"] and op.retries == 3
+
+
+def test_mode_and_gpus_are_checked(clean_env):
+    clean_env.setenv("LLMOPS_EXECUTION", "k8s")
+    with pytest.raises(ValueError, match="local, kubernetes"):
+        step_operator("split", ["split"])
+    clean_env.setenv("LLMOPS_EXECUTION", "local")
+    with pytest.raises(ValueError, match="gpus must be 0 or more"):
+        step_operator("split", ["split"], gpus=-1)
+
+
+def test_parsing_a_local_dag_does_not_import_kubernetes(tmp_path):
+    """The Kubernetes provider takes seconds to import; the embedded mode must not pay for it."""
+    code = (
+        "import sys, datetime\n"
+        "from airflow.sdk import DAG\n"
+        "from llmops_airflow.operators import step_operator\n"
+        "with DAG('d', schedule=None, start_date=datetime.datetime(2026, 1, 1)):\n"
+        "    step_operator('train', ['train'], gpus=1)\n"
+        "heavy = [m for m in ('kubernetes', 'airflow.providers.cncf.kubernetes.operators.pod') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LLMOPS_EXECUTION"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# kubernetes mode: the pod
+
+
+@pytest.fixture
+def k8s_env(clean_env):
+    clean_env.setenv("LLMOPS_EXECUTION", "kubernetes")
+    clean_env.setenv("LLMOPS_K8S_NAMESPACE", "llmops")
+    clean_env.setenv("HF_TOKEN", WORKER_SECRET)  # the worker's own credentials...
+    clean_env.setenv("MLFLOW_TRACKING_PASSWORD", WORKER_SECRET)  # ...must never be copied into a pod
+    return clean_env
+
+
+def build_pod(op, dag):
+    """Render the templates as the task runner does, then build the pod like ``execute`` does."""
+    from kubernetes.client import ApiClient
+
+    context = context_for(op, dag)
+    op.render_template_fields(context)
+    pod = op.build_pod_request_obj(context, dry_run=True)
+    return pod, ApiClient().sanitize_for_serialization(pod)
+
+
+def make_dag(*steps):
+    with DAG("llm_retraining", schedule=None, start_date=datetime.datetime(2026, 1, 1)) as dag:
+        ops = [step_operator(*args, **kwargs) for args, kwargs in steps]
+    return dag, ops
+
+
+@pytest.fixture
+def gpu_pod(k8s_env):
+    k8s_env.setenv("MLFLOW_TRACKING_URI", "http://mlflow.llmops.svc:5000")  # read when the pod is built
+    dag, (op,) = make_dag(
+        (("train", ["train", "--config", "recipes/dpo.yaml", "--set", "tag={{ run_id }}"]), {"gpus": 2}),
+    )
+    pod, data = build_pod(op, dag)
+    return op, pod, data
+
+
+def test_gpu_step_is_a_pod_running_the_cli_in_the_trainer_image(gpu_pod):
+    op, pod, data = gpu_pod
+    from llmops_airflow.pod import LLMOpsPodOperator
+
+    assert isinstance(op, LLMOpsPodOperator)
+    assert op.do_xcom_push and op.on_finish_action.value == "delete_pod"
+    assert op.startup_timeout_seconds > 0 and op.schedule_timeout_seconds > 0
+    base, sidecar = data["spec"]["containers"]
+    assert base["name"] == "base" and sidecar["name"] == "airflow-xcom-sidecar"
+    assert base["image"] == "ghcr.io/llmops-airflow/trainer:0.1.0"  # the package version
+    assert base["command"] == ["llmops"]
+    assert base["args"] == ["train", "--config", "recipes/dpo.yaml", "--set", f"tag={RUN_ID}"]
+    assert data["metadata"]["namespace"] == "llmops"
+    assert data["spec"]["restartPolicy"] == "Never"
+
+
+def test_pod_env_carries_the_run_identity_and_services_but_no_secret_values(gpu_pod):
+    _, _, data = gpu_pod
+    base = data["spec"]["containers"][0]
+    plain = {e["name"]: e["value"] for e in base["env"] if "value" in e}
+    assert plain["LLMOPS_DAG_ID"] == "llm_retraining"
+    assert plain["LLMOPS_RUN_ID"] == RUN_ID
+    assert plain["LLMOPS_TASK_ID"] == "train"
+    assert plain["LLMOPS_RESULT_FILE"] == "/airflow/xcom/return.json"
+    assert plain["HF_HOME"] == "/cache/huggingface"
+    assert plain["MLFLOW_TRACKING_URI"] == "http://mlflow.llmops.svc:5000"
+    # credentials come from Kubernetes Secrets by reference, optional so that a step needing none starts
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in base["env"] if "valueFrom" in e}
+    assert refs == {"HF_TOKEN": {"name": "llmops-hf", "key": "token", "optional": True}}
+    assert base["envFrom"] == [{"secretRef": {"name": "llmops-mlflow", "optional": True}}]
+    assert not any(k in plain for k in ("HF_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME"))
+    assert WORKER_SECRET not in json.dumps(data)
+
+
+def test_gpu_pod_requests_gpus_on_gpu_nodes(gpu_pod):
+    _, _, data = gpu_pod
+    resources = data["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "2" and resources["requests"]["nvidia.com/gpu"] == "2"
+    assert {"cpu", "memory"} <= resources["requests"].keys() and resources["requests"] == resources["limits"]
+    assert data["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert data["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+
+
+def test_pod_runs_as_non_root_without_privileges(gpu_pod):
+    _, _, data = gpu_pod
+    pod_ctx = data["spec"]["securityContext"]
+    assert pod_ctx["runAsNonRoot"] is True and pod_ctx["runAsUser"] == 1000 and pod_ctx["fsGroup"] == 1000
+    for container in data["spec"]["containers"]:  # the xcom sidecar too: runAsNonRoot applies to every container
+        ctx = container["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == 1000
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_pod_labels_name_the_run_and_are_valid(gpu_pod):
+    _, _, data = gpu_pod
+    labels = data["metadata"]["labels"]
+    assert labels["llmops/dag-id"] == "llm_retraining" and labels["llmops/task-id"] == "train"
+    assert labels["app.kubernetes.io/component"] == "train"
+    assert labels["llmops/run-id"].startswith("manual__2026-01-01T")  # sanitized, with a hash suffix
+    assert labels["dag_id"] == "llm_retraining" and labels["task_id"] == "train"  # the provider's own
+    for value in labels.values():
+        assert len(value) <= 63 and LABEL_VALUE.match(value), value
+
+
+def test_pod_mounts_checkpoints_cache_and_shared_memory(gpu_pod):
+    _, _, data = gpu_pod
+    volumes = {v["name"]: v for v in data["spec"]["volumes"]}
+    assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "llmops-checkpoints"}
+    assert volumes["hf-cache"]["emptyDir"] == {}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
+    mounts = {m["name"]: m["mountPath"] for m in data["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts == {"xcom": "/airflow/xcom", "checkpoints": "/checkpoints",
+                      "hf-cache": "/cache/huggingface", "dshm": "/dev/shm"}
+
+
+def test_pod_is_valid_kubernetes(gpu_pod):
+    """Offline schema check: the Kubernetes OpenAPI schema of two supported versions, strict (no
+    unknown fields), plus a round trip through the kubernetes client's typed models."""
+    from kubernetes.client import ApiClient
+
+    _, pod, data = gpu_pod
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate (dev extra) ships the Kubernetes JSON schemas"
+    )
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(data, version, strict=True)
+    response = types.SimpleNamespace(data=json.dumps(data))
+    again = ApiClient().deserialize(response, "V1Pod")
+    assert ApiClient().sanitize_for_serialization(again) == data
+    names = [c["name"] for c in data["spec"]["containers"]]
+    volumes = [v["name"] for v in data["spec"]["volumes"]]
+    assert len(set(names)) == len(names) and len(set(volumes)) == len(volumes)
+    for container in data["spec"]["containers"]:
+        assert {m["name"] for m in container.get("volumeMounts", [])} <= set(volumes)
+
+
+def test_cpu_pod_gets_no_gpu_and_takes_deployment_settings(k8s_env):
+    k8s_env.setenv("LLMOPS_CHECKPOINTS_PVC", "team-a-checkpoints")
+    k8s_env.setenv("LLMOPS_HF_CACHE_PVC", "hf-mirror")
+    k8s_env.setenv("LLMOPS_ARTIFACT_ROOT", "s3://llmops/artifacts")
+    dag, (op,) = make_dag(
+        (("evaluate", ["evaluate"]), {"resources": {"memory": "16Gi"}, "env_vars": {"EXTRA": "1"}, "retries": 2}),
+    )
+    _, data = build_pod(op, dag)
+    base = data["spec"]["containers"][0]
+    assert base["resources"]["requests"] == {"cpu": "1", "memory": "16Gi"} == base["resources"]["limits"]
+    assert "tolerations" not in data["spec"] or not data["spec"]["tolerations"]
+    assert not data["spec"].get("nodeSelector")
+    volumes = {v["name"]: v for v in data["spec"]["volumes"]}
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "team-a-checkpoints"
+    assert volumes["hf-cache"]["persistentVolumeClaim"]["claimName"] == "hf-mirror"
+    assert "dshm" not in volumes
+    plain = {e["name"]: e.get("value") for e in base["env"]}
+    assert plain["LLMOPS_ARTIFACT_ROOT"] == "s3://llmops/artifacts" and plain["EXTRA"] == "1"
+    assert op.retries == 2
+
+
+def test_image_is_resolved_when_the_pod_is_built_not_at_parse(k8s_env):
+    dag, (op,) = make_dag((("train", ["train"]), {"gpus": 1}))
+    assert op.image is None  # nothing read at parse
+    k8s_env.setenv("AIRFLOW_VAR_LLMOPS_TRAINER_IMAGE", "registry.local/trainer:from-variable")
+    assert build_pod(op, dag)[1]["spec"]["containers"][0]["image"] == "registry.local/trainer:from-variable"
+
+    dag, (op,) = make_dag((("train", ["train"]), {"gpus": 1}))
+    k8s_env.setenv("LLMOPS_TRAINER_IMAGE", "registry.local/trainer:from-env")  # the env wins over the Variable
+    assert build_pod(op, dag)[1]["spec"]["containers"][0]["image"] == "registry.local/trainer:from-env"
+
+
+def test_dag_with_pod_steps_serializes_with_the_mlflow_link(k8s_env):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag, _ = make_dag((("train", ["train"]), {"gpus": 1}))
+    data = DagSerialization.to_dict(dag)
+    (task,) = data["dag"]["tasks"]
+    assert task["__var"]["_operator_extra_links"] == {"MLflow run": "_link_MLflowRunLink"}
+    assert task["__var"]["_task_module"] == "llmops_airflow.pod"
+
+
+def _terminated_pod(exit_code: int):
+    from kubernetes.client import models as k8s
+
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="train-abc", namespace="llmops"),
+        status=k8s.V1PodStatus(phase="Failed", container_statuses=[k8s.V1ContainerStatus(
+            name="base", image="trainer", image_id="", ready=False, restart_count=0,
+            state=k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code)),
+        )]),
+    )
+
+
+SAID_NO = {"error": "gate: bleu 0.1 < 0.2"}
+
+
+@pytest.mark.parametrize(("exit_code", "result", "error"), [
+    (1, SAID_NO, AirflowFailException),  # the step said no
+    (1, None, AirflowException),  # an uncaught exception: Python exits 1, no result written
+    (2, None, AirflowException),
+    (137, None, AirflowException),  # OOM-killed
+])
+def test_pod_that_says_no_fails_without_retry(k8s_env, exit_code, result, error):
+    """Cluster calls in cleanup (read the pod for istio, patch and delete it, read its events) are
+    mocked: no cluster here. The exit code is read from the terminated pod's status."""
+    from llmops_airflow.pod import LLMOpsPodOperator
+
+    dag, (op,) = make_dag((("gate", ["gate"]), {}))
+    remote = _terminated_pod(exit_code)
+    with mock.patch.multiple(
+        LLMOpsPodOperator, process_pod_deletion=mock.DEFAULT, patch_already_checked=mock.DEFAULT,
+        _read_pod_container_states=mock.DEFAULT, _read_pod_events=mock.DEFAULT,
+        is_istio_enabled=mock.Mock(return_value=False),
+    ), pytest.raises(AirflowException) as raised:
+        op.cleanup(remote, remote, xcom_result=result)
+    assert type(raised.value) is error
+    if error is AirflowFailException:
+        assert "said no" in str(raised.value) and "bleu 0.1 < 0.2" in str(raised.value)
+
+
+def test_mlflow_link_reads_the_run_url_the_step_reported(k8s_env):
+    from llmops_airflow.operators import publish_mlflow_run_url
+    from llmops_airflow.plugin import LLMOpsPlugin, MLflowRunLink
+
+    op = step_operator("gate", ["gate"])
+    link = MLflowRunLink()
+    assert LLMOpsPlugin.name == "llmops" and any(isinstance(x, MLflowRunLink) for x in LLMOpsPlugin.operator_extra_links)
+    assert link.get_link(op, ti_key=None) == ""
+    ti = fake_ti("d", "gate")
+    op.mlflow_run_url = publish_mlflow_run_url({"ti": ti}, {"mlflow_run_url": "http://mlflow/#/runs/1"})
+    assert link.get_link(op, ti_key=None) == "http://mlflow/#/runs/1"
+    assert ti.pushed == {"mlflow_run_url": "http://mlflow/#/runs/1"}
+
+
+# --------------------------------------------------------------------------------------------
+# local mode: a real subprocess
+
+
+@pytest.fixture
+def preference_file(tmp_path):
+    def write(rows: int) -> Path:
+        path = tmp_path / f"preference_{rows}.jsonl"
+        path.write_text("".join(
+            json.dumps({"prompt": f"question {i}?", "chosen": f"good answer {i}", "rejected": f"bad {i}"}) + "\n"
+            for i in range(rows)
+        ))
+        return path
+    return write
+
+
+@pytest.fixture
+def local_env(clean_env, tmp_path):
+    clean_env.setenv("LLMOPS_HOME", str(tmp_path / "home"))
+    return clean_env
+
+
+def run_local(op: LocalStepOperator, **context_extra):
+    context = context_for(op, **context_extra)
+    op.render_template_fields(context)
+    with structlog.testing.capture_logs() as logs:
+        try:
+            return op.execute(context), context["ti"], [entry["event"] for entry in logs], None
+        except AirflowException as exc:
+            return None, context["ti"], [entry["event"] for entry in logs], exc
+
+
+def test_local_step_runs_the_cli_and_returns_its_result(local_env, tmp_path, preference_file):
+    dataset = preference_file(40)
+    op = step_operator(
+        "split", ["split", "--dataset", "{{ params.dataset }}", "--eval-fraction", "0.25"],
+        env_vars={"LLMOPS_ARTIFACT_ROOT": str(tmp_path / "artifacts")},
+    )
+    result, ti, log, error = run_local(op, params={"dataset": str(dataset)})
+    assert error is None, error
+    assert result["train_rows"] + result["eval_rows"] == 40
+    # the child got the run identity: outputs land in {artifact_root}/{dag_id}/{run_id}/{step}
+    expected_dir = tmp_path / "artifacts" / "adhoc_dag" / "manual__2026-01-01T00_00_00_00_00" / "split"
+    assert Path(result["eval"]).parent == expected_dir and Path(result["eval"]).exists()
+    assert any(line.startswith("Running ") and "-m llmops_tasks.cli split" in line for line in log)
+    assert any('"train_rows"' in line for line in log)  # the child's output reached the task log
+
+
+def test_local_step_without_result_returns_none(local_env):
+    result, _, log, error = run_local(LocalStepOperator(task_id="version", arguments=["--version"]))
+    assert error is None and result is None
+    assert any(line.startswith("llmops ") for line in log)
+
+
+def test_local_step_that_says_no_is_not_retried(local_env, preference_file):
+    op = LocalStepOperator(task_id="split", arguments=["split", "--dataset", str(preference_file(1))])
+    _, ti, _, error = run_local(op)
+    assert type(error) is AirflowFailException
+    assert "exit code 1" in str(error) and "both need at least one row" in str(error)
+    assert "error" in ti.pushed["return_value"]  # the step's own report of why, as the pod's sidecar keeps it
+
+
+def test_local_step_that_crashes_is_retried(local_env, tmp_path, preference_file):
+    # Stand-in for a crash inside a real step (a lost connection, CUDA OOM): a sitecustomize on the
+    # child's PYTHONPATH makes split.run raise. Python then exits 1 like a "no", but writes no result.
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    (crash / "sitecustomize.py").write_text(
+        "import llmops_tasks.split as split\n"
+        "def run(config):\n    raise ConnectionError('artifact store unreachable')\n"
+        "split.run = run\n"
+    )
+    op = LocalStepOperator(task_id="split", arguments=["split", "--dataset", str(preference_file(4))],
+                           env_vars={"PYTHONPATH": str(crash)})
+    _, ti, _, error = run_local(op)
+    assert type(error) is AirflowException
+    assert "crashed" in str(error) and "artifact store unreachable" in str(error)
+    assert "return_value" not in ti.pushed
+
+
+def test_local_step_with_bad_configuration_is_a_retryable_failure(local_env, preference_file):
+    op = LocalStepOperator(task_id="split", arguments=["split", "--dataset", str(preference_file(4)),
+                                                       "--eval-fraction", "2"])
+    _, _, _, error = run_local(op)
+    assert type(error) is AirflowException
+    assert "exit code 2" in str(error) and "eval_fraction" in str(error)
+
+
+def test_on_kill_stops_the_child_process(local_env, tmp_path):
+    # A sitecustomize on the child's PYTHONPATH makes it hang before the CLI starts: a stand-in for a
+    # long training run that needs no model.
+    hang = tmp_path / "hang"
+    hang.mkdir()
+    (hang / "sitecustomize.py").write_text("import time\ntime.sleep(120)\n")
+    op = LocalStepOperator(task_id="train", arguments=["--version"], env_vars={"PYTHONPATH": str(hang)},
+                           kill_grace_seconds=5)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(zip(("result", "ti", "log", "error"), run_local(op))))
+    runner.start()
+    deadline = time.monotonic() + 20
+    while (op._process is None or op._process.poll() is not None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = op._process.pid
+    started = time.monotonic()
+    op.on_kill()
+    runner.join(timeout=20)
+    assert not runner.is_alive() and time.monotonic() - started < 10
+    assert type(outcome["error"]) is AirflowException and "signal 15" in str(outcome["error"])
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the whole process group is gone

@@ -1,0 +1,252 @@
+"""The validate step on real Great Expectations (ephemeral context) and tiny files in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmops_tasks import config as config_module
+from llmops_tasks import samples
+from llmops_tasks.config import ConfigError
+from llmops_tasks.errors import StepFailed
+from llmops_tasks.validate import ValidateConfig, run
+
+pytestmark = pytest.mark.unit
+
+RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "recipes" / "validate_preference.yaml"
+# The console-script entry point, run as a real process: same code path as `llmops validate ...`.
+CLI = [sys.executable, "-c", "import sys; from llmops_tasks.cli import main; sys.exit(main())"]
+
+
+def good_rows(n: int = 4) -> list[dict]:
+    return [
+        {"id": f"r{i}", "prompt": f"How do I fix thing {i}?", "chosen": f"Open the panel and restart service {i}.",
+         "rejected": f"No idea {i}."}
+        for i in range(n)
+    ]
+
+
+def write_rows(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def validate(dataset: str, tmp_path: Path, **settings) -> dict:
+    return run(ValidateConfig(dataset=dataset, report_dir=str(tmp_path / "report"), **settings))
+
+
+def expect_failure(dataset: str, tmp_path: Path, **settings) -> tuple[str, dict]:
+    with pytest.raises(StepFailed) as caught:
+        validate(dataset, tmp_path, **settings)
+    report = json.loads((tmp_path / "report" / "validation.json").read_text())
+    assert report["valid"] is False
+    assert caught.value.result["valid"] is False
+    assert caught.value.result["failed_rules"] == report["failed_rules"]
+    return str(caught.value), report
+
+
+@pytest.fixture(scope="module")
+def sample_path(tmp_path_factory) -> str:
+    return str(samples.ensure_sample_data(tmp_path_factory.mktemp("sample")))
+
+
+def test_sample_data_set_is_valid(sample_path, tmp_path):
+    result = validate(sample_path, tmp_path)
+    assert result["valid"] is True
+    assert result["rows"] == len(samples.preference_rows())
+    assert result["failed_rules"] == []
+    assert len(result["dataset_hash"]) == 64
+    report = json.loads(Path(result["report"]).read_text())
+    rules = {r["rule"]: r for r in report["rules"]}
+    for name in ("row_count", "prompt_present", "chosen_not_null", "rejected_not_blank", "prompt_length",
+                 "chosen_is_text", "no_duplicate_rows", "chosen_differs_from_rejected", "id_unique"):
+        assert rules[name]["success"] is True, name
+    assert rules["chosen_differs_from_rejected"]["unexpected_count"] == 0
+
+
+def test_same_input_gives_the_same_report(sample_path, tmp_path):
+    first = validate(sample_path, tmp_path)
+    text = Path(first["report"]).read_text()
+    assert validate(sample_path, tmp_path) == first
+    assert Path(first["report"]).read_text() == text
+
+
+def test_conversational_preference_rows_are_flattened_and_valid(tmp_path):
+    rows = [
+        {"prompt": [{"role": "user", "content": f"question {i}"}],
+         "chosen": [{"role": "assistant", "content": f"helpful answer {i}"}],
+         "rejected": [{"role": "assistant", "content": [{"type": "text", "text": f"rude answer {i}"}]}]}
+        for i in range(3)
+    ]
+    result = validate(write_rows(tmp_path / "conv.jsonl", rows), tmp_path)
+    assert result["valid"] and result["rows"] == 3
+    report = json.loads(Path(result["report"]).read_text())
+    assert report["text_forms"] == ["messages"]
+
+
+def test_sft_messages_and_eval_kinds_are_valid(tmp_path):
+    sft = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}]}
+           for i in range(2)]
+    assert validate(write_rows(tmp_path / "sft.jsonl", sft), tmp_path, kind="sft")["valid"]
+    evals = [{"prompt": f"q{i}", "reference": f"a{i}"} for i in range(2)]
+    assert validate(write_rows(tmp_path / "eval.jsonl", evals), tmp_path, kind="eval")["valid"]
+
+
+def _rows_with(changes: dict[int, dict]) -> list[dict]:
+    rows = good_rows()
+    for index, change in changes.items():
+        rows[index].update(change)
+    return rows
+
+
+# (case, rows, settings, rule the message must name, row ids it must name)
+ROW_CASES = [
+    ("null prompt", _rows_with({1: {"prompt": None}}), {}, "prompt_not_null", ["r1"]),
+    ("empty chosen", _rows_with({2: {"chosen": ""}}), {}, "chosen_not_blank", ["r2"]),
+    ("whitespace rejected", _rows_with({3: {"rejected": " \n\t "}}), {}, "rejected_not_blank", ["r3"]),
+    ("chosen equals rejected", _rows_with({0: {"rejected": "Open the panel and restart service 0."},
+                                           2: {"chosen": "No idea 2."}}), {}, "chosen_differs_from_rejected",
+     ["r0", "r2"]),
+    ("number as prompt", _rows_with({1: {"prompt": 42}}), {}, "prompt_is_text", ["r1"]),
+    ("message without role", _rows_with({2: {"chosen": [{"content": "hi"}]}}), {}, "chosen_is_text", ["r2"]),
+    ("too long", _rows_with({3: {"chosen": "x" * 60}}), {"max_chars": 50}, "chosen_length", ["r3"]),
+    ("too few rows", good_rows(3), {"min_rows": 5}, "row_count", ["3 rows, expected at least 5"]),
+    ("too many rows", good_rows(4), {"max_rows": 2}, "row_count", ["4 rows, expected 1 to 2"]),
+]
+
+
+@pytest.mark.parametrize(("case", "rows", "settings", "rule", "named"), ROW_CASES, ids=[c[0] for c in ROW_CASES])
+def test_broken_rows_fail_naming_rule_and_rows(tmp_path, case, rows, settings, rule, named):
+    message, report = expect_failure(write_rows(tmp_path / "data.jsonl", rows), tmp_path, **settings)
+    assert rule in message and rule in report["failed_rules"]
+    for text in named:
+        assert text in message
+    assert "Traceback" not in message
+    failed = next(r for r in report["rules"] if r["rule"] == rule)
+    assert failed["success"] is False
+    if "unexpected_count" in failed:
+        assert failed["unexpected_count"] == len(named)
+        assert sorted(failed["sample_ids"]) == sorted(named)
+
+
+def test_missing_column_fails(tmp_path):
+    rows = [{k: v for k, v in row.items() if k != "rejected"} for row in good_rows()]
+    message, report = expect_failure(write_rows(tmp_path / "data.jsonl", rows), tmp_path)
+    assert "rejected_present (column 'rejected' is missing)" in message
+    assert report["failed_rules"] == ["rejected_present"]
+
+
+def test_duplicate_rows_are_named_and_rows_without_id_get_their_line(tmp_path):
+    rows = [{k: v for k, v in row.items() if k != "id"} for row in good_rows()]
+    rows.append(dict(rows[1]))  # line 5 repeats line 2
+    message, report = expect_failure(write_rows(tmp_path / "data.jsonl", rows), tmp_path)
+    assert report["failed_rules"] == ["no_duplicate_rows"]
+    assert "no_duplicate_rows (2 rows: line 2, line 5)" in message
+
+
+def test_duplicate_ids_fail(tmp_path):
+    rows = _rows_with({3: {"id": "r0"}})
+    message, _ = expect_failure(write_rows(tmp_path / "data.jsonl", rows), tmp_path)
+    assert "id_unique (2 rows: r0, r0)" in message
+
+
+def test_message_lists_at_most_five_ids(tmp_path):
+    rows = good_rows(8)
+    for row in rows:
+        row["rejected"] = row["chosen"]
+    message, report = expect_failure(write_rows(tmp_path / "data.jsonl", rows), tmp_path)
+    assert "chosen_differs_from_rejected (8 rows: r0, r1, r2, r3, r4, ...)" in message
+    assert len(next(r for r in report["rules"] if r["rule"] == "chosen_differs_from_rejected")["sample_ids"]) == 8
+
+
+LOAD_CASES = [
+    ("not json", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\nprompt,chosen,rejected\n', "json_lines", "line 2"),
+    ("truncated line", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "cho', "json_lines",
+     "line 2"),
+    ("invalid utf-8", b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "\xff\xfe"}\n', "utf8", "line 2"),
+    ("array not object", b'["a", "b"]\n', "json_objects", "line 1"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "rule", "where"), LOAD_CASES, ids=[c[0] for c in LOAD_CASES])
+def test_unreadable_files_fail_naming_file_rule_and_line(tmp_path, case, raw, rule, where):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(raw)
+    message, report = expect_failure(str(path), tmp_path)
+    assert message.startswith(f"{path}: rule {rule} failed: {where} ")
+    assert report["failed_rules"] == [rule]
+    assert report["rules"][0]["error"].startswith(where)
+
+
+def test_missing_file_fails(tmp_path):
+    message, report = expect_failure(str(tmp_path / "nope.jsonl"), tmp_path)
+    assert "nope.jsonl: rule file_exists failed: file not found" in message
+    assert report["dataset_hash"] is None
+
+
+def test_parquet_with_wrong_schema_fails(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"question": ["a", "b"], "answer": ["c", "d"]}), path)
+    message, report = expect_failure(str(path), tmp_path)
+    assert set(report["failed_rules"]) == {"prompt_present", "chosen_present", "rejected_present"}
+    assert "column 'prompt' is missing" in message
+
+
+def test_parquet_rows_without_id_are_named_by_row_number(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b"], "chosen": ["c", "d"], "rejected": ["e", "d"]}), path)
+    message, _ = expect_failure(str(path), tmp_path)
+    assert "chosen_differs_from_rejected (1 row: row 2)" in message
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(ConfigError, match="dataset: required"):
+        ValidateConfig()
+    with pytest.raises(ConfigError, match="kind"):
+        ValidateConfig(dataset="x.jsonl", kind="chat")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_rows"):
+        ValidateConfig(dataset="x.jsonl", min_rows=10, max_rows=5)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        config_module.load(ValidateConfig, overrides={"dataset": "x.jsonl", "min_row": 3})
+
+
+def test_shipped_recipe_parses():
+    loaded = config_module.load(ValidateConfig, RECIPE)
+    assert loaded.kind == "preference" and loaded.dataset
+
+
+def test_cli_exits_1_without_traceback_on_invalid_rows(tmp_path):
+    rows = _rows_with({1: {"rejected": "Open the panel and restart service 1."}})
+    dataset = write_rows(tmp_path / "data.jsonl", rows)
+    proc = subprocess.run(
+        [*CLI, "validate", "--dataset", dataset, "--kind", "preference", "--report-dir", str(tmp_path / "cli")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "chosen_differs_from_rejected (1 row: r1)" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["valid"] is False and result["failed_rules"] == ["chosen_differs_from_rejected"]
+    assert (tmp_path / "cli" / "validation.json").is_file()
+
+
+def test_cli_exits_1_without_traceback_on_unreadable_file(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"prompt": "\xff"}\n')
+    proc = subprocess.run(
+        [*CLI, "validate", "--dataset", str(path), "--report-dir", str(tmp_path / "cli")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "rule utf8 failed: line 1" in proc.stderr
