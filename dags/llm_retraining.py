@@ -76,10 +76,10 @@ def _airflow_fail(exc: Exception):
         "eval_fraction": Param(0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
                                title="Held-out share", description="Share of prompts held out for evaluation."),
         "max_new_tokens": Param(32, type="integer", minimum=1, maximum=4096, title="Max new tokens (eval)"),
-        "gate_min_bleu": Param(0.0, type="number", minimum=0, maximum=100, title="Gate: minimum BLEU"),
+        "gate_min_bleu": Param(0.0, type="number", minimum=0, maximum=1, title="Gate: minimum BLEU",
+                               description="Lowest BLEU the candidate may score, on a 0-1 scale."),
         "gate_max_regression": Param(0.02, type="number", minimum=0, title="Gate: largest regression allowed",
-                                     description="Largest drop vs the production model on any metric "
-                                                 "(BLEU on its 0-100 scale divided by 100)."),
+                                     description="Largest drop vs the production model on any metric (all on a 0-1 scale)."),
         "require_approval": Param(True, type="boolean", title="Require human approval",
                                   description="Wait in Required actions for someone to approve before production."),
     },

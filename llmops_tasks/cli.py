@@ -78,7 +78,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if default not in (None, "", [], {}):
             help_text += f" (default: {default})"
         kind = typing.get_origin(hints[f.name])

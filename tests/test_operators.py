@@ -17,6 +17,7 @@ What is real and what is not:
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
 import re
@@ -32,7 +33,6 @@ import pytest
 import structlog
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
 from llmops_airflow.operators import LocalStepOperator, step_operator
 
 pytestmark = pytest.mark.unit
@@ -88,10 +88,12 @@ def test_mode_and_gpus_are_checked(clean_env):
         step_operator("split", ["split"], gpus=-1)
 
 
-def test_parsing_a_local_dag_does_not_import_kubernetes(tmp_path):
-    """The Kubernetes provider takes seconds to import; the embedded mode must not pay for it."""
+def test_plugin_and_local_dag_do_not_import_kubernetes():
+    """The Kubernetes provider takes seconds to import; the plugin (loaded by every Airflow
+    component) and a DAG parsed in the embedded mode must not pay for it."""
     code = (
         "import sys, datetime\n"
+        "import llmops_airflow.plugin\n"
         "from airflow.sdk import DAG\n"
         "from llmops_airflow.operators import step_operator\n"
         "with DAG('d', schedule=None, start_date=datetime.datetime(2026, 1, 1)):\n"
@@ -100,7 +102,7 @@ def test_parsing_a_local_dag_does_not_import_kubernetes(tmp_path):
         "print(heavy)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "LLMOPS_EXECUTION"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -145,7 +147,7 @@ def gpu_pod(k8s_env):
 
 
 def test_gpu_step_is_a_pod_running_the_cli_in_the_trainer_image(gpu_pod):
-    op, pod, data = gpu_pod
+    op, _, data = gpu_pod
     from llmops_airflow.pod import LLMOpsPodOperator
 
     assert isinstance(op, LLMOpsPodOperator)
@@ -220,25 +222,29 @@ def test_pod_mounts_checkpoints_cache_and_shared_memory(gpu_pod):
                       "hf-cache": "/cache/huggingface", "dshm": "/dev/shm"}
 
 
-def test_pod_is_valid_kubernetes(gpu_pod):
-    """Offline schema check: the Kubernetes OpenAPI schema of two supported versions, strict (no
-    unknown fields), plus a round trip through the kubernetes client's typed models."""
+def test_pod_round_trips_through_the_kubernetes_models(gpu_pod):
+    """The serialized pod reads back into the kubernetes client's typed models unchanged (no field
+    dropped as unknown, required fields present), and its names and references hold together."""
     from kubernetes.client import ApiClient
 
-    _, pod, data = gpu_pod
-    kubernetes_validate = pytest.importorskip(
-        "kubernetes_validate", reason="kubernetes-validate (dev extra) ships the Kubernetes JSON schemas"
-    )
-    for version in K8S_VERSIONS:
-        kubernetes_validate.validate(data, version, strict=True)
-    response = types.SimpleNamespace(data=json.dumps(data))
-    again = ApiClient().deserialize(response, "V1Pod")
+    _, _, data = gpu_pod
+    again = ApiClient().deserialize(types.SimpleNamespace(data=json.dumps(data)), "V1Pod")
     assert ApiClient().sanitize_for_serialization(again) == data
     names = [c["name"] for c in data["spec"]["containers"]]
     volumes = [v["name"] for v in data["spec"]["volumes"]]
     assert len(set(names)) == len(names) and len(set(volumes)) == len(volumes)
     for container in data["spec"]["containers"]:
         assert {m["name"] for m in container.get("volumeMounts", [])} <= set(volumes)
+
+
+def test_pod_matches_the_kubernetes_openapi_schema(gpu_pod):
+    """Offline: the JSON schemas of two supported Kubernetes versions, strict (no unknown fields)."""
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate (dev extra) ships the Kubernetes JSON schemas"
+    )
+    _, _, data = gpu_pod
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(data, version, strict=True)
 
 
 def test_cpu_pod_gets_no_gpu_and_takes_deployment_settings(k8s_env):
@@ -260,6 +266,17 @@ def test_cpu_pod_gets_no_gpu_and_takes_deployment_settings(k8s_env):
     plain = {e["name"]: e.get("value") for e in base["env"]}
     assert plain["LLMOPS_ARTIFACT_ROOT"] == "s3://llmops/artifacts" and plain["EXTRA"] == "1"
     assert op.retries == 2
+
+
+def test_secrets_a_dag_asks_for_stay_required(k8s_env):
+    from airflow.providers.cncf.kubernetes.secret import Secret
+
+    dag, (op,) = make_dag((("registry", ["registry", "promote"]), {
+        "secrets": [Secret("env", "MLFLOW_TRACKING_TOKEN", "prod-mlflow", "token")],
+    }))
+    (ref,) = [e["valueFrom"]["secretKeyRef"] for e in build_pod(op, dag)[1]["spec"]["containers"][0]["env"]
+              if "valueFrom" in e]
+    assert ref == {"name": "prod-mlflow", "key": "token"}  # not optional: a missing Secret stops the pod early
 
 
 def test_image_is_resolved_when_the_pod_is_built_not_at_parse(k8s_env):
@@ -309,7 +326,7 @@ def test_pod_that_says_no_fails_without_retry(k8s_env, exit_code, result, error)
     mocked: no cluster here. The exit code is read from the terminated pod's status."""
     from llmops_airflow.pod import LLMOpsPodOperator
 
-    dag, (op,) = make_dag((("gate", ["gate"]), {}))
+    _, (op,) = make_dag((("gate", ["gate"]), {}))
     remote = _terminated_pod(exit_code)
     with mock.patch.multiple(
         LLMOpsPodOperator, process_pod_deletion=mock.DEFAULT, patch_already_checked=mock.DEFAULT,
@@ -326,6 +343,8 @@ def test_mlflow_link_reads_the_run_url_the_step_reported(k8s_env):
     from llmops_airflow.operators import publish_mlflow_run_url
     from llmops_airflow.plugin import LLMOpsPlugin, MLflowRunLink
 
+    (entry_point,) = [e for e in importlib.metadata.entry_points(group="airflow.plugins") if e.name == "llmops"]
+    assert entry_point.load() is LLMOpsPlugin
     op = step_operator("gate", ["gate"])
     link = MLflowRunLink()
     assert LLMOpsPlugin.name == "llmops" and any(isinstance(x, MLflowRunLink) for x in LLMOpsPlugin.operator_extra_links)
@@ -374,7 +393,7 @@ def test_local_step_runs_the_cli_and_returns_its_result(local_env, tmp_path, pre
         "split", ["split", "--dataset", "{{ params.dataset }}", "--eval-fraction", "0.25"],
         env_vars={"LLMOPS_ARTIFACT_ROOT": str(tmp_path / "artifacts")},
     )
-    result, ti, log, error = run_local(op, params={"dataset": str(dataset)})
+    result, _, log, error = run_local(op, params={"dataset": str(dataset)})
     assert error is None, error
     assert result["train_rows"] + result["eval_rows"] == 40
     # the child got the run identity: outputs land in {artifact_root}/{dag_id}/{run_id}/{step}

@@ -18,7 +18,7 @@ _EXPORTS = {
     "MLflowRunLink": "llmops_airflow.plugin",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["LLMOpsPlugin", "LLMOpsPodOperator", "LocalStepOperator", "MLflowRunLink", "execution_mode", "step_operator"]
 
 
 def __getattr__(name: str) -> Any:

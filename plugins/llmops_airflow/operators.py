@@ -25,7 +25,7 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -75,7 +75,7 @@ class LocalStepOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("arguments", "env_vars")
-    template_fields_renderers = {"arguments": "py", "env_vars": "py"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"arguments": "py", "env_vars": "py"}
     operator_extra_links = (MLflowRunLink(),)
     ui_color = "#e8f4fd"
 
@@ -120,6 +120,8 @@ class LocalStepOperator(BaseOperator):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                encoding="utf-8",
+                errors="replace",
                 bufsize=1,
                 start_new_session=True,  # own process group: on_kill reaches torchrun/accelerate workers too
             )

@@ -6,7 +6,7 @@ module; it imports only the plugin and operator-link bases, never the operators 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperatorLink
 
@@ -47,4 +47,4 @@ class LLMOpsPlugin(AirflowPlugin):
     """Operator extra links for the step operators (which also declare them themselves)."""
 
     name = "llmops"
-    operator_extra_links: list[Any] = [MLflowRunLink()]
+    operator_extra_links: ClassVar[list[Any]] = [MLflowRunLink()]

@@ -82,6 +82,11 @@ def trainer_image() -> str:
     return image
 
 
+def default_secret_names() -> tuple[str, str]:
+    """The Kubernetes Secrets for the Hugging Face token and the MLflow credentials."""
+    return os.environ.get("LLMOPS_HF_SECRET", "llmops-hf"), os.environ.get("LLMOPS_MLFLOW_SECRET", "llmops-mlflow")
+
+
 def _node_selector(text: str) -> dict[str, str]:
     pairs = [item.partition("=") for item in text.split(",") if item.strip()]
     if any(not sep or not key.strip() for key, sep, _ in pairs):
@@ -141,11 +146,12 @@ class LLMOpsPodOperator(KubernetesPodOperator):
             for name in PASS_THROUGH_ENV
             if os.environ.get(name) and name not in present
         )
+        optional = set(default_secret_names())  # ours may be absent; a Secret a DAG asked for may not
         for env in container.env:
-            if env.value_from and env.value_from.secret_key_ref:
+            if env.value_from and env.value_from.secret_key_ref and env.value_from.secret_key_ref.name in optional:
                 env.value_from.secret_key_ref.optional = True
         for source in container.env_from or []:
-            if source.secret_ref:
+            if source.secret_ref and source.secret_ref.name in optional:
                 source.secret_ref.optional = True
         pod.metadata.labels = {k: make_safe_label_value(str(v)) for k, v in (pod.metadata.labels or {}).items()}
         return pod
@@ -191,8 +197,13 @@ def build_pod_operator(
                 claim_name=os.environ.get("LLMOPS_CHECKPOINTS_PVC", "llmops-checkpoints")
             ),
         ),
-        k8s.V1Volume(name="hf-cache", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-            claim_name=hf_cache_pvc)) if hf_cache_pvc else k8s.V1Volume(name="hf-cache", empty_dir=k8s.V1EmptyDirVolumeSource()),
+        k8s.V1Volume(
+            name="hf-cache",
+            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=hf_cache_pvc)
+            if hf_cache_pvc
+            else None,
+            empty_dir=None if hf_cache_pvc else k8s.V1EmptyDirVolumeSource(),
+        ),
     ]
     mounts = [
         k8s.V1VolumeMount(name="checkpoints", mount_path=CHECKPOINTS_MOUNT),
@@ -225,6 +236,7 @@ def build_pod_operator(
         **(_node_selector(os.environ.get("LLMOPS_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true")) if gpu else {}),
         **dict(kwargs.pop("node_selector", None) or {}),
     }
+    hf_secret, mlflow_secret = default_secret_names()
     defaults: dict[str, Any] = {
         "namespace": os.environ.get("LLMOPS_K8S_NAMESPACE") or None,
         "image_pull_policy": "IfNotPresent",
@@ -232,10 +244,7 @@ def build_pod_operator(
         "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if gpu else [],
         "volumes": volumes,
         "volume_mounts": mounts,
-        "secrets": [
-            Secret("env", "HF_TOKEN", os.environ.get("LLMOPS_HF_SECRET", "llmops-hf"), "token"),
-            Secret("env", None, os.environ.get("LLMOPS_MLFLOW_SECRET", "llmops-mlflow")),
-        ],
+        "secrets": [Secret("env", "HF_TOKEN", hf_secret, "token"), Secret("env", None, mlflow_secret)],
         "security_context": k8s.V1PodSecurityContext(
             run_as_non_root=True,
             run_as_user=UID,
@@ -255,7 +264,7 @@ def build_pod_operator(
     return LLMOpsPodOperator(
         task_id=task_id,
         cmds=["llmops"],
-        arguments=list(arguments),
+        arguments=list(arguments) if isinstance(arguments, (list, tuple)) else arguments,
         env_vars=env_vars,
         labels=labels,
         node_selector=node_selector,

@@ -1,0 +1,36 @@
+# Two commands a new user needs: `make demo` (the retraining pipeline end to end on the embedded
+# defaults) and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.llmops-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install lint bench clean-home
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	# torch first, pinned: 2.13.0 is the CPU wheel on this machine's disk. An unpinned torch
+	# request would pull a multi-GB CUDA build from the index.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[airflow,train,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/llmops demo
+
+test: $(STAMP)
+	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check llmops_tasks plugins dags tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/dag_parse.py
+
+clean-home:
+	rm -rf .llmops

@@ -1,0 +1,98 @@
+"""DAG integrity, in the style of Airflow's own example-DAG tests.
+
+Every DAG file imports without error, reads no Connection or Variable while parsing, and pulls in
+none of the heavy libraries (those belong inside tasks). Import cost is measured by
+bench/dag_parse.py, not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmops_tasks import embedded
+
+pytestmark = pytest.mark.unit
+
+DAG_FILES = sorted(p for p in embedded.dags_folder().glob("*.py") if p.name != "__init__.py")
+HEAVY = ("torch", "transformers", "trl", "peft", "pandas", "great_expectations", "mlflow", "evaluate",
+         "datasets", "sacrebleu", "rouge_score")
+
+
+def test_there_are_dag_files():
+    assert [p.name for p in DAG_FILES], "no DAG files found in the shipped dags folder"
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(embedded.dags_folder()))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_retraining_dag_shape(dagbag):
+    dag = dagbag.dags.get("llm_retraining")
+    assert dag is not None
+    assert dag.doc_md and "gate" in dag.doc_md
+    assert {"llmops", "retraining"} <= set(dag.tags)
+    expected = ["resolve_inputs", "validate", "eda", "split", "train", "evaluate", "gate", "register",
+                "approval_route", "approve", "auto_approve", "promote"]
+    assert sorted(dag.task_ids) == sorted(expected)
+    # the pipeline order the docs promise
+    order = ["validate", "split", "train", "evaluate", "gate", "register", "approval_route"]
+    for upstream, downstream in zip(order, order[1:]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids or upstream in {
+            t for t in dag.get_task(downstream).get_flat_relative_ids(upstream=True)}
+    assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
+    assert type(dag.get_task("approve")).__name__ == "ApprovalOperator"
+    assert dag.get_task("train").retries >= 1
+    # the trigger form: every Param typed, with the method restricted to known choices
+    params = dag.params.dump()
+    assert params["method"] == "sft"
+    schema = {k: dag.params.get_param(k).schema for k in params}
+    assert schema["method"]["enum"] == ["sft", "dpo"]
+    assert all("type" in s for s in schema.values())
+    assert dag.schedule is not None or dag.timetable is not None
+
+
+def test_dag_files_read_no_connection_or_variable_at_parse(monkeypatch):
+    """A DAG file that reads a Connection or Variable at parse pays for it at every parse."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import BaseHook, Connection, Variable
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"read at parse time: {args}")
+
+    monkeypatch.setattr(Connection, "get", forbidden)
+    monkeypatch.setattr(BaseHook, "get_connection", forbidden)
+    monkeypatch.setattr(Variable, "get", forbidden)
+    bag = DagBag(dag_folder=str(embedded.dags_folder()))
+    assert bag.import_errors == {}
+    assert "llm_retraining" in bag.dag_ids
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_no_heavy_library(dag_file: Path):
+    """Checked in a fresh interpreter: what importing the DAG file adds after airflow.sdk."""
+    code = f"""
+import importlib.util, json, sys
+import airflow.sdk  # noqa: F401  the baseline every DAG pays
+from airflow.sdk import dag, task, Param  # noqa: F401
+before = set(sys.modules)
+spec = importlib.util.spec_from_file_location("dag_under_test", {str(dag_file)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    added = json.loads(out.stdout.strip().splitlines()[-1])
+    heavy = sorted({m.split(".")[0] for m in added} & set(HEAVY))
+    assert heavy == [], f"{dag_file.name} imports {heavy} at parse time"
