@@ -15,7 +15,7 @@ import pytest
 
 import llmops_tasks
 from llmops_tasks import cli, config, samples
-from llmops_tasks.config import ConfigError
+from llmops_tasks.config import ConfigError, field
 from llmops_tasks.split import SplitConfig
 from llmops_tasks.train import TrainConfig
 
@@ -183,14 +183,14 @@ def test_exponent_notation_becomes_a_float_in_yaml_and_set(tmp_path):
 
 @dataclass
 class Optimizer:
-    learning_rate: float = config.field(0.1, help="peak learning rate")
-    steps: int = config.field(10, help="optimizer steps")
+    learning_rate: float = field(0.1, help="peak learning rate")
+    steps: int = field(10, help="optimizer steps")
 
 
 @dataclass
 class Recipe:
-    name: str = config.field("run", help="run name")
-    optimizer: Optimizer = config.field(default_factory=Optimizer, help="optimizer section")
+    name: str = field("run", help="run name")
+    optimizer: Optimizer = field(default_factory=Optimizer, help="optimizer")  # noqa: RUF009 (a dataclasses.field)
 
 
 def test_dotted_set_addresses_a_nested_section_and_keeps_its_siblings(tmp_path):
@@ -254,6 +254,10 @@ def _squash(text: str) -> str:
     return "".join(text.split())
 
 
+def _collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _help_of(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*argv, "--help"])
@@ -314,10 +318,6 @@ def test_split_help_shows_the_defaults(capsys):
     assert "(default: 0.2)" in _collapse(out) and "(default: llmops)" in _collapse(out)
 
 
-def _collapse(text: str) -> str:
-    return " ".join(text.split())
-
-
 # --------------------------------------------------------------------------- exit codes
 
 
@@ -373,7 +373,7 @@ def test_a_step_runs_through_main_with_recipe_and_flags(tmp_path, capsys):
 
 def test_python_m_llmops_tasks_version():
     done = subprocess.run([sys.executable, "-m", "llmops_tasks", "--version"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"llmops {llmops_tasks.__version__}"
 
@@ -386,7 +386,7 @@ def test_cli_import_and_top_level_parser_import_no_heavy_library():
         heavy = {HEAVY_MODULES!r}
         print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
