@@ -26,7 +26,7 @@ import typing
 from typing import Any, Callable
 
 from llmops_tasks import __version__
-from llmops_tasks.config import ConfigError, _parse_scalar, load
+from llmops_tasks.config import ConfigError, load
 from llmops_tasks.errors import StepFailed
 
 
@@ -85,7 +85,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
         metavar = "{" + ",".join(map(str, typing.get_args(hints[f.name]))) + "}" if kind is typing.Literal else f.name.upper()
         extra: dict[str, Any] = {"nargs": "?", "const": True} if hints[f.name] is bool else {}
         group.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f"field__{f.name}", type=_parse_scalar,
+            "--" + f.name.replace("_", "-"), dest=f"field__{f.name}", type=str,
             default=argparse.SUPPRESS, help=help_text, metavar=metavar, **extra,
         )
 

@@ -34,8 +34,11 @@ def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any
     return dataclasses.field(**kwargs)
 
 
+_NULLS = ("null", "none", "~")
+
+
 def _parse_scalar(text: str) -> Any:
-    """`--set key=value` values are YAML scalars: `3`, `1e-4`, `true`, `[a, b]`, `null`."""
+    """A YAML reading of a command-line value, for settings that are lists or mappings."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -43,7 +46,11 @@ def _parse_scalar(text: str) -> Any:
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """Turn ``["a=1", "b.c=x"]`` into a nested dict; dotted keys address nested sections."""
+    """Turn ``["a=1", "b.c=x"]`` into a nested dict; dotted keys address nested sections.
+
+    Values stay text: each is converted to its setting's type in :func:`build`, so a free-text
+    setting receives exactly what was typed (``--set comment="approved: yes"``).
+    """
     result: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
@@ -56,7 +63,7 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_scalar(raw)
+        node[parts[-1]] = raw
     return result
 
 
@@ -90,7 +97,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in _NULLS)):
             return None
         errors = []
         for arg in args:
@@ -107,11 +114,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = _parse_scalar(value) if value.lstrip().startswith("[") else [
+                v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any
         return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or (dataclasses.is_dataclass(annotation) and isinstance(value, str)):
+        value = _parse_scalar(value) if isinstance(value, str) else value
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -92,12 +92,16 @@ def write_jsonl(uri: str, rows: Iterable[dict[str, Any]]) -> int:
     fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    with fs.open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            clean = {k: v for k, v in row.items() if not k.startswith("_")}
-            handle.write(json.dumps(clean, ensure_ascii=False, sort_keys=True) + "\n")
-            count += 1
-    fs.mv(tmp, path)
+    try:
+        with fs.open(tmp, "w", encoding="utf-8") as handle:
+            for row in rows:
+                clean = {k: v for k, v in row.items() if not k.startswith("_")}
+                handle.write(json.dumps(clean, ensure_ascii=False, sort_keys=True) + "\n")
+                count += 1
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
     return count
 
 

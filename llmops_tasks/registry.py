@@ -322,13 +322,23 @@ def resolve_champion(fallback: str, model_name: str = "") -> dict:
     if not version:
         return {"model_dir": fallback, "label": "base", "version": ""}
     cache = settings.home() / "cache" / "registry" / name / str(version)
-    model_dir = cache / "artifacts" / "model"
-    if not (model_dir / "config.json").exists():
+    if not (cache / "MLmodel").exists():
         cache.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(cache))
-    if not (model_dir / "config.json").exists():
-        raise StepFailed(f"registry: {name} v{version} has no Hugging Face model under artifacts/model")
+    model_dir = _hf_model_dir(cache)
+    if model_dir is None:
+        raise StepFailed(f"registry: {name} v{version} has no Hugging Face model artifact named 'model'")
     return {"model_dir": str(model_dir), "label": f"production v{version}", "version": str(version)}
+
+
+def _hf_model_dir(local_model: Path) -> Path | None:
+    """The folder of pyfunc artifact ``model``, as the MLmodel file records it."""
+    import yaml
+
+    meta = yaml.safe_load((local_model / "MLmodel").read_text())
+    relative = (((meta.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}).get("model", {})
+    path = local_model / relative.get("path", "artifacts/model")
+    return path if (path / "config.json").exists() else None
 
 
 def command():

@@ -54,6 +54,14 @@ def run(config: SplitConfig) -> dict:
         rows = data.read_records(config.dataset)
     except data.DataError as exc:
         raise StepFailed(f"split: {exc}") from exc
+    required = data.REQUIRED_COLUMNS["preference"]
+    for row in rows:
+        missing = [c for c in required if c not in row or row[c] is None]
+        if missing:
+            raise StepFailed(
+                f"split: {config.dataset} line {row['_line']} lacks {', '.join(missing)}; "
+                f"a preference data set needs {', '.join(required)}"
+            )
     train, held_out = [], []
     for row in rows:
         (held_out if in_eval(row["prompt"], config.eval_fraction, config.salt) else train).append(row)

@@ -351,7 +351,6 @@ def test_resolve_champion_downloads_the_production_model(lifecycle):
     assert model.config.hidden_size == bootstrap.TINY_ARCHITECTURE["hidden_size"]
 
 
-@pytest.mark.xfail(strict=True, reason="source bug: resolve_champion assumes the artifact folder is named 'model'")
 def test_resolve_champion_finds_a_model_registered_from_any_folder_name(store):
     name = "champion-from-elsewhere"
     model_dir = store.root / "exported-checkpoint"

@@ -209,7 +209,6 @@ def test_a_missing_data_set_fails_the_step_naming_the_file(tmp_path):
         split(missing, tmp_path / "out")
 
 
-@pytest.mark.xfail(strict=True, reason="source bug: split indexes row['rejected'] unchecked; a KeyError escapes")
 def test_a_row_without_a_preference_column_fails_the_step(tmp_path):
     rows = [{"prompt": f"question {i}", "chosen": "answer"} for i in range(20)]
     with pytest.raises(StepFailed, match="rejected"):
