@@ -160,7 +160,7 @@ def train(config: TrainConfig, method: str) -> dict:
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name
         bf16=config.bf16,
         report_to=[],
         disable_tqdm=True,

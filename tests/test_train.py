@@ -39,11 +39,14 @@ def mlflow_store(tmp_path, monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
-def _cli(args: list[str], capsys) -> dict:
-    code = main(args)
+def _cli(args: list[str], capsys, tmp_path_factory=None) -> dict:
+    import tempfile
+
+    result_file = Path(tempfile.mkdtemp()) / "result.json"
+    code = main([*args, "--result-file", str(result_file)])
     out = capsys.readouterr().out
-    assert code == 0, out
-    return json.loads(out[out.index("{"):])
+    assert code == 0, out[-3000:]
+    return json.loads(result_file.read_text())
 
 
 def test_sft_learns_and_logs_to_mlflow(workdir, tmp_path, capsys):
