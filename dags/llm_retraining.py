@@ -103,17 +103,32 @@ def llm_retraining():
         from llmops_tasks import validate as step
         from llmops_tasks.errors import StepFailed
 
+        from llmops_tasks import tracking
+
+        config = step.ValidateConfig(dataset=inputs["dataset"], kind="preference")
         try:
-            return step.run(step.ValidateConfig(dataset=inputs["dataset"], kind="preference"))
+            result = step.run(config)
         except StepFailed as exc:
+            tracking.record_step("validate", {"dataset": config.dataset, "valid": False}, {},
+                                 [exc.result.get("report", "")])
             raise _airflow_fail(exc) from exc
+        result["mlflow_run_url"] = tracking.record_step(
+            "validate", {"dataset": config.dataset, "dataset_hash": result["dataset_hash"]},
+            {"rows": result["rows"]}, [result["report"]])
+        return result
 
     @task
     def eda(inputs: dict, validation: dict) -> dict:
         bind_run_context()
         from llmops_tasks import eda as step
+        from llmops_tasks import tracking
 
-        return step.run(step.EdaConfig(dataset=inputs["dataset"], kind="preference"))
+        result = step.run(step.EdaConfig(dataset=inputs["dataset"], kind="preference"))
+        print(f"EDA report: {result['report_html']}")
+        result["mlflow_run_url"] = tracking.record_step(
+            "eda", {"dataset": inputs["dataset"]}, {"rows": result["rows"]},
+            [result["report_html"], result["report_json"]])
+        return result
 
     @task
     def split(inputs: dict, validation: dict, params=None) -> dict:

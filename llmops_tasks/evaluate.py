@@ -328,8 +328,10 @@ def run(config: EvaluateConfig) -> dict:
         "generation": {"max_new_tokens": config.max_new_tokens, "greedy": True, "seed": config.seed},
     }
     data.write_json(paths["metrics"], metrics)
+    run_url = _log_to_mlflow(metrics, paths, config)
     return {
         **paths,
+        "mlflow_run_url": run_url,
         "champion_cache": str(cache_path),
         "champion_cached": champion_cached,
         "champion_label": champion["label"],
@@ -339,6 +341,26 @@ def run(config: EvaluateConfig) -> dict:
         "delta": delta,
         "ci": ci,
     }
+
+
+def _log_to_mlflow(metrics: dict, paths: dict[str, str], config: EvaluateConfig) -> str:
+    """A child run with candidate, champion, delta and CI bounds as metrics, files as artifacts."""
+    from llmops_tasks import tracking
+    from llmops_tasks.config import to_dict
+
+    flat: dict[str, float] = {}
+    for group in ("candidate", "champion", "delta"):
+        flat.update({f"{group}_{k}": v for k, v in metrics[group].items()})
+    for metric, (low, high) in metrics["ci"].items():
+        flat.update({f"delta_{metric}_ci_low": low, f"delta_{metric}_ci_high": high})
+    with tracking.step_run("evaluate", params=to_dict(config),
+                           tags={"champion": metrics["champion_label"]}) as run_id:
+        tracking.log_metrics(run_id, flat)
+        mlflow_client = tracking.client()
+        for path in paths.values():
+            if "://" not in path:
+                mlflow_client.log_artifact(run_id, path, artifact_path="evaluation")
+    return tracking.run_url(run_id)
 
 
 def command():

@@ -129,3 +129,14 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     mlflow_client = client()
     for start in range(0, len(batch), 1000):
         mlflow_client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+
+def record_step(step: str, params: dict[str, Any], metrics: dict[str, float], files: list[str]) -> str:
+    """A finished child run for a light step: its settings, numbers and report files. Returns its URL."""
+    with step_run(step, params=params) as run_id:
+        log_metrics(run_id, metrics)
+        mlflow_client = client()
+        for path in files:
+            if path and "://" not in path and os.path.exists(path):
+                mlflow_client.log_artifact(run_id, path, artifact_path="reports")
+    return run_url(run_id)

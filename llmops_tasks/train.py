@@ -211,6 +211,7 @@ def train(config: TrainConfig, method: str) -> dict:
             "config_hash": config_hash(config),
             "fingerprint": fingerprint,
             "mlflow_run_id": run_id,
+            "mlflow_run_url": tracking.run_url(run_id),
             "result_file": str(result_path),
         }
         tracking.log_metrics(run_id, {"train_loss": result["train_loss"], "final_loss": result["final_loss"]},
