@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.llmops-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint bench clean-home
+.PHONY: demo test install lint bench clean-home airflow
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/llmops demo
+
+# Airflow (API server, scheduler, DAG processor, triggerer; LocalExecutor) and MLflow as services on
+# loopback for ./.llmops; prints the URLs and the login. Ctrl-C stops them. UP_ARGS="--airflow-port 8081".
+UP_ARGS ?=
+airflow: $(STAMP)
+	$(BIN)/llmops up $(UP_ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)

@@ -4,21 +4,30 @@
 `resolve_inputs -> validate -> eda -> split -> train -> evaluate -> gate -> register (staging)
 -> approval -> promote (production)`
 
-* **validate** checks the data set with Great Expectations; invalid data fails the run here
-  with a report naming the rules and rows, and nothing downstream runs.
-* **eda** writes a self-contained HTML report of the data set.
-* **train** fine-tunes the base model with TRL (`sft` or `dpo`, LoRA optional) on a GPU pod
-  (KubernetesPodOperator) or, in the embedded mode, as a local subprocess of the same
-  `llmops train` command.
+* **validate** checks the data set with Great Expectations (rules, severities and thresholds from
+  `validate_preference.yaml`: types, blanks, lengths, UTF-8, control characters, PII, duplicates,
+  length bias); a blocking failure fails the run here with a message naming the rules and rows,
+  the failing rows in `quarantine.jsonl`, and nothing downstream runs. The log prints the Data
+  Docs path; both are logged to the step's MLflow run.
+* **eda** writes a self-contained HTML report of the data set (lengths, duplicates, n-grams, PII,
+  sources).
+* **train** fine-tunes the base model with TRL (`sft`, `dpo`, `kto`, `orpo`, or `grpo`/`rloo`
+  against a reward model; LoRA optional) on a GPU pod (KubernetesPodOperator) or, in the
+  embedded mode, as a local subprocess of the same `llmops train` command. A retry resumes
+  from the last complete checkpoint.
 * **evaluate** generates on the held-out prompts with the candidate and with the current
   `production` model (the base model when there is none) and scores BLEU / ROUGE.
 * **gate** applies the thresholds below; a candidate that fails stops here (the downstream
   tasks show as skipped, the reason is in the gate's log and XCom) and nothing is registered.
 * **register** logs the candidate to MLflow and moves alias `staging` to it.
-* **approve** asks a human in *Required actions* when `require_approval` is on; otherwise
-  `auto_approve` records that approval was waived for this run.
+* **approve** asks a human in *Required actions* when `require_approval` is on (the default),
+  with the gate summary and a comment field; otherwise `auto_approve` records that approval was
+  waived for this run. A Reject leaves production untouched; **record_rejection** tags the version
+  and appends the rejection to the model's audit log.
 * **promote** moves alias `production` to the new version (the replaced one keeps
   `previous-production` for rollback) unless production moved since the gate compared.
+  The `model_rollback` DAG moves it back. MLflow settings come from the Airflow Connection
+  `mlflow_default` when it exists, read when the registry tasks run.
 
 Empty `dataset_uri` / `base_model` mean the embedded sample data set and the tiny local base
 model under `$LLMOPS_HOME`, created on first use.
@@ -26,6 +35,7 @@ model under `$LLMOPS_HOME`, created on first use.
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import pendulum
@@ -37,11 +47,26 @@ from llmops_airflow.operators import step_operator
 DAG_ID = "llm_retraining"
 # Cron for scheduled retraining; set LLMOPS_RETRAIN_SCHEDULE="none" to trigger only by hand.
 SCHEDULE = os.environ.get("LLMOPS_RETRAIN_SCHEDULE", "0 3 * * 1")
-TRAIN_DATA_KEY = {"sft": "train_sft", "dpo": "train_preference"}
+# method -> the split output it trains on. `reward` alone (a scorer, not a generator) is a CLI
+# method only; grpo/rloo train their reward model in the same task unless the reward_model Param names one.
+TRAIN_DATA_KEY = {"sft": "train_sft", "dpo": "train_preference", "kto": "train_preference",
+                  "orpo": "train_preference", "grpo": "train_preference", "rloo": "train_preference"}
+# GPUs of the train pod (deployment env, like the schedule); above 1 training runs under accelerate launch.
+TRAIN_GPUS = int(os.environ.get("LLMOPS_TRAIN_GPUS", "1"))
+# Optional text Params: the trigger form treats an empty "string" as missing and blocks the run.
+OPTIONAL_TEXT = ["null", "string"]
 
 
 def _xcom(task_id: str, key: str) -> str:
     return "{{ ti.xcom_pull(task_ids='" + task_id + "')['" + key + "'] }}"
+
+
+def _responder(answer: dict) -> str:
+    """The name of whoever answered the approval (Airflow stores the user as a dict)."""
+    user = answer.get("responded_by_user") or {}
+    if isinstance(user, dict):
+        return str(user.get("name") or user.get("id") or "airflow user")
+    return str(user)
 
 
 def _airflow_fail(exc: Exception):
@@ -61,14 +86,19 @@ def _airflow_fail(exc: Exception):
     tags=["llmops", "retraining", "mlflow"],
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=1)},
     params={
-        "dataset_uri": Param("", type="string", title="Preference data set",
+        "dataset_uri": Param("", type=OPTIONAL_TEXT, title="Preference data set",
                              description="JSONL or Parquet URI with prompt/chosen/rejected rows. "
                                          "Empty: the embedded sample data set."),
-        "base_model": Param("", type="string", title="Base model",
+        "base_model": Param("", type=OPTIONAL_TEXT, title="Base model",
                             description="Hub id or local folder to fine-tune. Empty: the tiny local demo model."),
         "method": Param("sft", type="string", enum=list(TRAIN_DATA_KEY), title="Method",
-                        description="sft: supervised fine-tuning on chosen answers; dpo: direct preference optimization."),
-        "recipe": Param("", type="string", title="Recipe",
+                        description="sft: supervised fine-tuning on chosen answers; dpo: direct preference optimization; "
+                                    "kto: unpaired preferences; orpo: SFT + odds-ratio preference in one stage; "
+                                    "grpo / rloo: online RL against a reward model (RLHF)."),
+        "reward_model": Param("", type=OPTIONAL_TEXT, title="Reward model (grpo, rloo)",
+                              description="Folder or hub id of a trained reward model (llmops train reward). "
+                                          "Empty: the train task first trains one from the same preference pairs."),
+        "recipe": Param("", type=OPTIONAL_TEXT, title="Recipe",
                         description="YAML training recipe; empty: the packaged tiny recipe of the method."),
         "max_steps": Param(120, type="integer", minimum=1, maximum=1_000_000, title="Training steps"),
         "learning_rate": Param(3e-3, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"),
@@ -80,6 +110,10 @@ def _airflow_fail(exc: Exception):
                                description="Lowest BLEU the candidate may score, on a 0-1 scale."),
         "gate_max_regression": Param(0.02, type="number", minimum=0, title="Gate: largest regression allowed",
                                      description="Largest drop vs the production model on any metric (all on a 0-1 scale)."),
+        "gate_policy": Param("", type=OPTIONAL_TEXT, title="Gate policy file",
+                             description="YAML gate policy (limits, regression, required improvement). Empty: the "
+                                         "packaged gate.yaml. The two gate Params above win where they differ "
+                                         "from their defaults."),
         "require_approval": Param(True, type="boolean", title="Require human approval",
                                   description="Wait in Required actions for someone to approve before production."),
     },
@@ -103,18 +137,35 @@ def llm_retraining():
         from llmops_tasks import validate as step
         from llmops_tasks.errors import StepFailed
 
-        from llmops_tasks import tracking
+        from llmops_tasks import bootstrap, tracking
+        from llmops_tasks.config import load
 
-        config = step.ValidateConfig(dataset=inputs["dataset"], kind="preference")
+        # Rules, severities and thresholds come from the packaged recipe; the data set from the run.
+        config = load(step.ValidateConfig, bootstrap.packaged_recipe("validate_preference.yaml"),
+                      {"dataset": inputs["dataset"], "kind": "preference"})
+
+        def record(result: dict, valid: bool) -> str:
+            """Log validation.json, the quarantine file and the Data Docs site to the step's MLflow run."""
+            for label, path in (("quarantine", result.get("quarantine")), ("Data Docs", result.get("data_docs"))):
+                if path:
+                    print(f"{label}: {path}")
+            if result.get("warnings"):
+                print(f"validation warnings (not blocking): {', '.join(result['warnings'])}")
+            url = tracking.record_step(
+                "validate", {"dataset": config.dataset, "dataset_hash": result.get("dataset_hash"), "valid": valid},
+                {"rows": result.get("rows", 0), "quarantined_rows": result.get("quarantined_rows", 0)},
+                [result.get("report", ""), result.get("quarantine") or ""])
+            if result.get("data_docs"):
+                tracking.client().log_artifacts(url.rsplit("/", 1)[-1], os.path.dirname(result["data_docs"]),
+                                                artifact_path="reports/data_docs")
+            return url
+
         try:
             result = step.run(config)
         except StepFailed as exc:
-            tracking.record_step("validate", {"dataset": config.dataset, "valid": False}, {},
-                                 [exc.result.get("report", "")])
+            record(exc.result, valid=False)
             raise _airflow_fail(exc) from exc
-        result["mlflow_run_url"] = tracking.record_step(
-            "validate", {"dataset": config.dataset, "dataset_hash": result["dataset_hash"]},
-            {"rows": result["rows"]}, [result["report"]])
+        result["mlflow_run_url"] = record(result, valid=True)
         return result
 
     @task
@@ -159,8 +210,10 @@ def llm_retraining():
             "--set", "max_steps={{ params.max_steps }}",
             "--set", "learning_rate={{ params.learning_rate }}",
             "--set", "lora={{ params.lora }}",
+            "--set", "reward_model={{ params.reward_model or '' }}",
+            "--set", f"num_processes={TRAIN_GPUS}",
         ],
-        gpus=1,
+        gpus=TRAIN_GPUS,
     )
     evaluate = step_operator(
         "evaluate",
@@ -171,39 +224,62 @@ def llm_retraining():
             "--base-model", _xcom("resolve_inputs", "base_model"),
             "--eval-data", _xcom("split", "eval"),
             "--max-new-tokens", "{{ params.max_new_tokens }}",
+            # Preference accuracy / reward margin as DPO implicit rewards against the base model.
+            "--reference-model", "base",
         ],
         gpus=1,
     )
 
     @task.short_circuit(ignore_downstream_trigger_rules=True)
     def gate(metrics: dict, params=None, ti=None) -> bool:
-        """Skip everything downstream (no version, no alias move) when the candidate fails."""
+        """Skip everything downstream (no version, no alias move) when the candidate fails.
+
+        A rejection ends the run successful with the downstream tasks skipped, and shows why: the
+        log line, XComs ``decision`` and ``report`` (report.html with the decision on top) and the
+        gate's MLflow run. A crash (no metrics, bad policy) fails the task instead.
+        """
         bind_run_context()
+        from llmops_airflow.mlflow_connection import mlflow_env
+        from llmops_tasks import bootstrap, tracking
         from llmops_tasks import gate as step
         from llmops_tasks.errors import StepFailed
 
-        config = step.GateConfig(metrics=metrics["metrics"], min_bleu=params["gate_min_bleu"],
-                                 max_regression=params["gate_max_regression"])
+        config = step.GateConfig(metrics=metrics["metrics"],
+                                 policy=params["gate_policy"] or bootstrap.packaged_recipe("gate.yaml"),
+                                 min_bleu=params["gate_min_bleu"], max_regression=params["gate_max_regression"])
         try:
             decision = step.run(config)
         except StepFailed as exc:
+            if not isinstance(exc.result, dict) or "passed" not in exc.result:
+                raise  # not a decision: the gate could not judge, which is a failure, not a rejection
             decision = exc.result
         ti.xcom_push(key="decision", value=decision)
-        print(f"gate {'PASSED' if decision['passed'] else 'REJECTED'}: {decision['reason']}")
+        ti.xcom_push(key="report", value=decision.get("report_path", ""))
+        verdict = "PASSED" if decision["passed"] else "REJECTED (nothing is registered; downstream tasks skip)"
+        print(f"gate {verdict}: {decision['reason']}")
+        print(f"gate report: {decision.get('report_path', '')}")
+        with mlflow_env():
+            ti.xcom_push(key="mlflow_run_url", value=tracking.record_step(
+                "gate", {"policy": config.policy, **config.thresholds()},
+                {"passed": float(decision["passed"]), "rules_failed": float(len(decision["failed_rules"]))},
+                [decision["decision_path"], decision.get("report_path", "")]))
         return bool(decision["passed"])
 
     @task
     def register(train_result: dict, metrics: dict, validation: dict) -> dict:
         bind_run_context()
+        from llmops_airflow.mlflow_connection import mlflow_env
         from llmops_tasks import registry
         from llmops_tasks.settings import RunContext
 
-        return registry.register(registry.RegisterConfig(
-            train_result=train_result["result_file"],
-            metrics=metrics["metrics"],
-            decision=RunContext.from_env().step_dir("gate") + "/decision.json",
-            dataset_hash=validation["dataset_hash"],
-        ))
+        with mlflow_env():
+            return registry.register(registry.RegisterConfig(
+                train_result=train_result["result_file"],
+                metrics=metrics["metrics"],
+                decision=RunContext.from_env().step_dir("gate") + "/decision.json",
+                dataset_hash=validation["dataset_hash"],
+                validation=validation.get("report", ""),
+            ))
 
     @task.branch
     def approval_route(params=None) -> str:
@@ -213,10 +289,12 @@ def llm_retraining():
     def auto_approve(registered: dict) -> dict:
         """The explicit path when approval is waived by Param; recorded on the version."""
         bind_run_context()
+        from llmops_airflow.mlflow_connection import mlflow_env
         from llmops_tasks import registry
 
-        registry.record_approval(registered["version"], approved=True, by="auto (require_approval=false)",
-                                 comment="approval waived for this run by the require_approval Param")
+        with mlflow_env():
+            registry.record_approval(registered["version"], approved=True, by="auto (require_approval=false)",
+                                     comment="approval waived for this run by the require_approval Param")
         return {"approved_by": "auto (require_approval=false)", "comment": "approval waived by Param"}
 
     from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -228,28 +306,60 @@ def llm_retraining():
             "Candidate **v{{ ti.xcom_pull(task_ids='register')['version'] }}** of "
             "`{{ ti.xcom_pull(task_ids='register')['model_name'] }}` passed its gate.\n\n"
             "Gate: {{ ti.xcom_pull(task_ids='gate', key='decision')['reason'] }}\n\n"
+            "Compared against: {{ ti.xcom_pull(task_ids='evaluate')['champion_label'] }}; "
+            "change vs it: {{ ti.xcom_pull(task_ids='evaluate')['delta'] }}\n\n"
+            "The version's model card (its description in MLflow) has the metrics with intervals, "
+            "the data snapshot and the lineage.\n\n"
             "Approving moves alias `production` to it; the current production version keeps "
-            "`previous-production` for rollback."
+            "`previous-production` for rollback. Rejecting leaves production as it is and records "
+            "the rejection and your comment on the version."
         ),
-        response_timeout=pendulum.duration(days=3),
+        params={"comment": Param("", type=OPTIONAL_TEXT, title="Comment",
+                                 description="Why: recorded on the model version and in its audit log.")},
+        # A plain timedelta: the worker sends it to its supervisor over msgpack, which rejects
+        # pendulum's Duration (the run would fail on parking in Required actions).
+        response_timeout=datetime.timedelta(days=3),
         retries=0,
     )
 
     @task(trigger_rule="none_failed_min_one_success")
     def promote(registered: dict, metrics: dict, ti=None) -> dict:
         bind_run_context()
+        from llmops_airflow.mlflow_connection import mlflow_env
         from llmops_tasks import registry
 
         answer = ti.xcom_pull(task_ids="approve") or {}
         auto = ti.xcom_pull(task_ids="auto_approve") or {}
-        approved_by = auto.get("approved_by") or str(answer.get("responded_by_user") or "airflow user")
-        comment = auto.get("comment") or str((answer.get("params_input") or {}).get("comment", ""))
-        return registry.promote(registry.PromoteConfig(
-            version=registered["version"],
-            expected_production=metrics.get("champion_version") or "none",
-            approved_by=approved_by,
-            comment=comment,
-        ))
+        approved_by = auto.get("approved_by") or _responder(answer)
+        comment = auto.get("comment") or str((answer.get("params_input") or {}).get("comment") or "")
+        with mlflow_env():
+            if answer:
+                registry.record_approval(registered["version"], approved=True, by=approved_by, comment=comment)
+            return registry.promote(registry.PromoteConfig(
+                version=registered["version"],
+                expected_production=metrics.get("champion_version") or "none",
+                approved_by=approved_by,
+                comment=comment,
+            ))
+
+    # none_failed, not all_done: as the only leaf it decides the run state, so a failed validate or
+    # promote upstream must leave it upstream_failed (run failed), not skipped (run success).
+    @task(trigger_rule="none_failed", retries=2)
+    def record_rejection(registered: dict, ti=None) -> dict:
+        """A human Reject skips ``promote``; this records it on the version and in its audit log."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        answer = ti.xcom_pull(task_ids="approve") or {}
+        if "Reject" not in (answer.get("chosen_options") or []):
+            raise AirflowSkipException("no rejection to record")
+        bind_run_context()
+        from llmops_airflow.mlflow_connection import mlflow_env
+        from llmops_tasks import registry
+
+        comment = str((answer.get("params_input") or {}).get("comment") or "")
+        with mlflow_env():
+            return registry.record_approval(registered["version"], approved=False, by=_responder(answer),
+                                            comment=comment)
 
     splits >> train >> evaluate
     report >> train
@@ -259,7 +369,8 @@ def llm_retraining():
     route = approval_route()
     waived = auto_approve(registered)
     registered >> route >> [approve, waived]
-    [approve, waived] >> promote(registered, evaluate.output)
+    promoted = promote(registered, evaluate.output)
+    [approve, waived] >> promoted >> record_rejection(registered)
 
 
 llm_retraining()

@@ -47,12 +47,13 @@ STEPS: dict[str, tuple[str, str]] = {
     "validate": ("llmops_tasks.validate", "check a data set against its Great Expectations suite"),
     "eda": ("llmops_tasks.eda", "write an EDA report (HTML + JSON) for a data set"),
     "split": ("llmops_tasks.split", "split a preference data set into train / eval files, by prompt"),
-    "train": ("llmops_tasks.train", "fine-tune a causal LM with TRL (sft, dpo)"),
+    "train": ("llmops_tasks.train", "fine-tune with TRL (sft, dpo, reward, grpo, rloo, kto, orpo)"),
     "evaluate": ("llmops_tasks.evaluate", "generate on the eval set and score candidate vs champion"),
     "gate": ("llmops_tasks.gate", "decide whether a candidate may be registered, from its metrics"),
     "registry": ("llmops_tasks.registry", "MLflow model registry: register, status, promote, rollback"),
     "env": ("llmops_tasks.embedded", "print the embedded deployment's variables as shell exports"),
     "demo": ("llmops_tasks.demo", "run the llm_retraining DAG end to end on the embedded defaults"),
+    "up": ("llmops_tasks.services", "start Airflow and MLflow as services on loopback for the embedded home"),
 }
 
 

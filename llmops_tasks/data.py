@@ -10,7 +10,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import fsspec
 
@@ -84,6 +85,24 @@ def iter_records(uri: str) -> Iterator[dict[str, Any]]:
 
 def read_records(uri: str) -> list[dict[str, Any]]:
     return list(iter_records(uri))
+
+
+def iter_chunks(uri: str, rows: int = 50_000) -> Iterator[list[dict[str, Any]]]:
+    """Rows in lists of at most ``rows``: a data set of any size is checked in bounded memory.
+
+    The same readers as :func:`iter_records` (Parquet is read in record batches), so a broken
+    line raises :class:`DataError` when its chunk is reached, after the earlier chunks.
+    """
+    if rows < 1:
+        raise ValueError(f"rows: expected 1 or more, got {rows}")
+    chunk: list[dict[str, Any]] = []
+    for record in iter_records(uri):
+        chunk.append(record)
+        if len(chunk) >= rows:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def write_jsonl(uri: str, rows: Iterable[dict[str, Any]]) -> int:

@@ -1,11 +1,18 @@
 """Exploratory report of a data set: ``eda.json`` for machines and one self-contained ``eda.html``.
 
-What a reviewer wants to see before a retraining run: how long prompts and answers are, whether
-rows or prompts repeat, whether ``chosen`` answers are systematically longer than ``rejected``
-ones (a length bias a DPO model learns happily), which phrasings dominate, where the rows come
-from. The HTML page has no external scripts, styles or fonts (it is opened from an artifact store,
-often offline); charts are inline SVG drawn here, and every data string is HTML-escaped.
-Plain Python only: no pandas or plotting library is needed for a few statistics.
+What a reviewer wants to see before a retraining run: how long prompts and answers are (in
+characters and in tokens of the configured tokenizer), whether rows or prompts repeat, whether
+``chosen`` answers are systematically longer than ``rejected`` ones (a length bias a DPO model
+learns happily), which phrasings dominate, which personal data or secrets slipped in, where the
+rows come from, and what changed since the previous snapshot's report. The HTML page has no
+external scripts, styles or fonts (it is opened from an artifact store, often offline); charts
+are inline SVG drawn here, and every data string is HTML-escaped.
+
+Statistics are gathered incrementally over chunks, so a million rows profile in bounded memory:
+lengths go into compact integer arrays (4 bytes a value, exact percentiles), repeats are found
+with 8-byte digests, and the bigram counter is pruned to its most frequent entries when it grows
+past :data:`BIGRAM_CAP` (its top entries are then approximate). Plain Python only: no pandas or
+plotting library is needed.
 """
 
 from __future__ import annotations
@@ -14,16 +21,27 @@ import dataclasses
 import html
 import math
 import re
+from array import array
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from llmops_tasks import data
+from llmops_tasks import data, pii
 from llmops_tasks.config import field, require
 from llmops_tasks.errors import StepFailed
 from llmops_tasks.settings import RunContext
-from llmops_tasks.validate import TEXT_COLUMNS, checked_columns, flatten_text, load_rule
+from llmops_tasks.validate import (
+    TEXT_COLUMNS,
+    checked_columns,
+    digest,
+    flatten_text,
+    load_rule,
+    read_chunks,
+    token_counter,
+)
 
 _WORD = re.compile(r"[\w']+")
+BIGRAM_CAP = 500_000  # distinct bigrams kept before pruning to the most frequent half
 
 
 @dataclasses.dataclass
@@ -35,6 +53,11 @@ class EdaConfig:
     out: str = field("", help="folder for eda.json and eda.html (default: the run's eda step folder)")
     bins: int = field(20, help="bars per length histogram")
     top_k: int = field(20, help="how many prompt bigrams, duplicated prompts and sources to list")
+    tokenizer: str = field("", help="tokenizer folder or name for token lengths (AutoTokenizer); "
+                                    "empty = whitespace-separated words")
+    previous: str = field("", help="eda.json of the previous data set snapshot, to report what changed; "
+                                   "empty = no comparison")
+    chunk_rows: int = field(50_000, help="rows read at a time; bounds memory for large data sets")
 
     def __post_init__(self) -> None:
         require(
@@ -44,13 +67,14 @@ class EdaConfig:
         require(self.kind in data.KINDS, f"kind: expected one of {list(data.KINDS)}, got {self.kind!r}")
         require(1 <= self.bins <= 200, f"bins: expected 1 to 200, got {self.bins}")
         require(1 <= self.top_k <= 1000, f"top_k: expected 1 to 1000, got {self.top_k}")
+        require(self.chunk_rows >= 1, f"chunk_rows: expected 1 or more, got {self.chunk_rows}")
 
 
 # --- statistics ------------------------------------------------------------------------------
 
 
-def percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default) on an already sorted list."""
+def percentile(ordered, q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) on an already sorted sequence."""
     if len(ordered) == 1:
         return float(ordered[0])
     position = (len(ordered) - 1) * q
@@ -59,8 +83,8 @@ def percentile(ordered: list[float], q: float) -> float:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
 
-def summary(values: list[int]) -> dict[str, float] | None:
-    if not values:
+def summary(values) -> dict[str, float] | None:
+    if not len(values):
         return None
     ordered = sorted(values)
     return {
@@ -72,9 +96,9 @@ def summary(values: list[int]) -> dict[str, float] | None:
     }
 
 
-def histogram(values: list[int], bins: int) -> dict[str, list[int]]:
+def histogram(values, bins: int) -> dict[str, list[int]]:
     """Integer-width bins from min to max: ``edges[i] <= v < edges[i + 1]``."""
-    if not values:
+    if not len(values):
         return {"edges": [], "counts": []}
     low, high = min(values), max(values)
     width = max(1, math.ceil((high - low + 1) / bins))
@@ -85,88 +109,239 @@ def histogram(values: list[int], bins: int) -> dict[str, list[int]]:
     return {"edges": [low + i * width for i in range(count + 1)], "counts": counts}
 
 
-def column_stats(texts: list[str | None], bins: int) -> dict[str, Any]:
-    present = [t for t in texts if t is not None]
-    chars = [len(t) for t in present]
-    tokens = [len(t.split()) for t in present]
+class ColumnProfile:
+    """Lengths and repeats of one text column, added to chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.chars = array("I")
+        self.tokens = array("I")
+        self.missing = 0
+        self.blank = 0
+        self.digests: set[bytes] = set()
+        self.repeated = 0
+
+    def add(self, texts: list[str | None], count_tokens: Callable[[list[str]], list[int]]) -> None:
+        present = [t for t in texts if t is not None]
+        self.missing += len(texts) - len(present)
+        self.blank += sum(1 for t in present if not t.strip())
+        self.chars.extend(len(t) for t in present)
+        self.tokens.extend(count_tokens(present))
+        for text in present:
+            key = digest(text)
+            if key in self.digests:
+                self.repeated += 1
+            else:
+                self.digests.add(key)
+
+    def stats(self, bins: int) -> dict[str, Any]:
+        return {
+            "count": len(self.chars),
+            "missing": self.missing,
+            "blank": self.blank,
+            "unique": len(self.digests),
+            "chars": summary(self.chars),
+            "tokens": summary(self.tokens),
+            "char_histogram": histogram(self.chars, bins),
+            "token_histogram": histogram(self.tokens, bins),
+        }
+
+
+class Profile:
+    """Every statistic of the report, gathered over chunks of records."""
+
+    def __init__(self, kind: str, bins: int = 20, top_k: int = 20, tokenizer: str = "") -> None:
+        self.kind, self.bins, self.top_k = kind, bins, top_k
+        self.count_tokens = token_counter(tokenizer)
+        self.tokenizer = tokenizer or "whitespace"
+        self.rows = 0
+        self.columns: set[str] = set()
+        self.content: list[str] | None = None
+        self.text_columns: dict[str, ColumnProfile] = {}
+        self.row_digests: set[bytes] = set()
+        self.duplicate_rows = 0
+        self.prompt_counts: Counter[bytes] = Counter()
+        self.repeated_text: dict[bytes, str] = {}
+        self.bigrams: Counter[str] = Counter()
+        self.pairs = {"pairs": 0, "chosen_chars": 0, "rejected_chars": 0, "chosen_tokens": 0, "rejected_tokens": 0,
+                      "chosen_longer": 0, "same_length": 0, "identical": 0}
+        self.pair_diffs = array("i")
+        self.sources: Counter[str] = Counter()
+        self.source_pairs: dict[str, list[int]] = {}
+        self.pii_hits: Counter[str] = Counter()
+        self.pii_rows = 0
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        n = len(records)
+        self.columns |= {key for record in records for key in record if not key.startswith("_")}
+        texts = {c: [flatten_text(r.get(c))[0] for r in records] for c in TEXT_COLUMNS if c in self.columns}
+        for column, values in texts.items():
+            self.text_columns.setdefault(column, ColumnProfile()).add(values, self.count_tokens)
+        if self.content is None:
+            required, _ = checked_columns(self.kind, self.columns)
+            self.content = [c for c in required if c in texts] or list(texts)
+        for i in range(n):
+            key = digest(*(texts[c][i] if c in texts else None for c in self.content))
+            if key in self.row_digests:
+                self.duplicate_rows += 1
+            else:
+                self.row_digests.add(key)
+        for i in range(n):
+            hits = set()
+            for values in texts.values():
+                if values[i] is not None:
+                    hits.update(pii.kinds_in(values[i]))
+            self.pii_hits.update(hits)
+            self.pii_rows += bool(hits)
+        if "prompt" in texts:
+            self._add_prompts([p for p in texts["prompt"] if p is not None])
+        if "source" in self.columns:
+            sources = ["(missing)" if r.get("source") in (None, "") else str(r.get("source")) for r in records]
+            self.sources.update(sources)
+        else:
+            sources = [None] * n
+        if "chosen" in texts and "rejected" in texts:
+            self._add_pairs(texts["chosen"], texts["rejected"], sources)
+        self.rows += n
+
+    def _add_prompts(self, prompts: list[str]) -> None:
+        for prompt in prompts:
+            key = digest(prompt)
+            self.prompt_counts[key] += 1
+            if self.prompt_counts[key] == 2:
+                self.repeated_text[key] = prompt
+            words = _WORD.findall(prompt.lower())
+            self.bigrams.update(f"{a} {b}" for a, b in zip(words, words[1:]))
+        if len(self.bigrams) > BIGRAM_CAP:
+            self.bigrams = Counter(dict(self.bigrams.most_common(BIGRAM_CAP // 2)))
+
+    def _add_pairs(self, chosen: list, rejected: list, sources: list) -> None:
+        p = self.pairs
+        pairs = [(c, r, s) for c, r, s in zip(chosen, rejected, sources) if c is not None and r is not None]
+        chosen_tokens = self.count_tokens([c for c, _, _ in pairs])
+        rejected_tokens = self.count_tokens([r for _, r, _ in pairs])
+        for (c, r, source), ct, rt in zip(pairs, chosen_tokens, rejected_tokens):
+            p["pairs"] += 1
+            p["chosen_chars"] += len(c)
+            p["rejected_chars"] += len(r)
+            p["chosen_tokens"] += ct
+            p["rejected_tokens"] += rt
+            p["chosen_longer"] += len(c) > len(r)
+            p["same_length"] += len(c) == len(r)
+            p["identical"] += c == r
+            self.pair_diffs.append(len(c) - len(r))
+            if source is not None:
+                entry = self.source_pairs.setdefault(source, [0, 0])
+                entry[0] += 1
+                entry[1] += len(c) > len(r)
+
+    def report(self) -> dict[str, Any]:
+        rows = self.rows
+        content = self.content or []
+        report: dict[str, Any] = {
+            "kind": self.kind,
+            "rows": rows,
+            "columns": sorted(self.columns),
+            "tokenizer": self.tokenizer,
+            "text_columns": {c: p.stats(self.bins) for c, p in self.text_columns.items()},
+            "duplicates": {
+                "compared_columns": content,
+                "exact_duplicate_rows": self.duplicate_rows,
+                "duplicate_values_per_column": {c: p.repeated for c, p in self.text_columns.items()},
+            },
+            "pii": {"rows_with_hits": self.pii_rows, "rows_by_kind": dict(sorted(self.pii_hits.items()))},
+        }
+        if "prompt" in self.text_columns:
+            total = sum(self.prompt_counts.values())
+            repeated = [(self.repeated_text[k], n) for k, n in self.prompt_counts.items() if n > 1]
+            top = sorted(repeated, key=lambda item: (-item[1], item[0]))[: self.top_k]
+            ranked = sorted(self.bigrams.items(), key=lambda item: (-item[1], item[0]))[: self.top_k]
+            report["prompts"] = {
+                "unique": len(self.prompt_counts),
+                "duplication_rate": round((total - len(self.prompt_counts)) / total, 6) if total else 0.0,
+                "most_repeated": [{"prompt": p, "count": n} for p, n in top],
+                "top_bigrams": [{"bigram": gram, "count": n} for gram, n in ranked],
+            }
+        p = self.pairs
+        if "chosen" in self.text_columns and "rejected" in self.text_columns:
+            n = p["pairs"]
+            report["pairs"] = {
+                "pairs": n,
+                "chosen_mean_chars": round(p["chosen_chars"] / n, 3) if n else None,
+                "rejected_mean_chars": round(p["rejected_chars"] / n, 3) if n else None,
+                "chosen_mean_tokens": round(p["chosen_tokens"] / n, 3) if n else None,
+                "rejected_mean_tokens": round(p["rejected_tokens"] / n, 3) if n else None,
+                "chosen_longer_share": round(p["chosen_longer"] / n, 6) if n else None,
+                "same_length_share": round(p["same_length"] / n, 6) if n else None,
+                "identical_pairs": p["identical"],
+                "char_difference": summary(self.pair_diffs),
+                "char_difference_histogram": _signed_histogram(self.pair_diffs, self.bins),
+            }
+        if self.sources:
+            report["sources"] = dict(sorted(self.sources.items(), key=lambda item: (-item[1], item[0])))
+            if self.source_pairs:
+                report["source_breakdown"] = {
+                    s: {"rows": self.sources[s], "pairs": v[0], "chosen_longer_share": round(v[1] / v[0], 6)}
+                    for s, v in sorted(self.source_pairs.items(), key=lambda item: (-item[1][0], item[0]))
+                }
+        return report
+
+
+def _signed_histogram(values, bins: int) -> dict[str, list[int]]:
+    """:func:`histogram` for values that may be negative (chosen minus rejected lengths)."""
+    if not len(values):
+        return {"edges": [], "counts": []}
+    low = min(values)
+    shifted = histogram([v - low for v in values], bins)
+    return {"edges": [e + low for e in shifted["edges"]], "counts": shifted["counts"]}
+
+
+def describe(records: Iterable[dict[str, Any]], kind: str, bins: int = 20, top_k: int = 20,
+             tokenizer: str = "") -> dict[str, Any]:
+    """Every statistic of the report for records already in memory, as JSON-ready data."""
+    profile = Profile(kind, bins, top_k, tokenizer)
+    profile.add(list(records))
+    return profile.report()
+
+
+# Figures compared with the previous snapshot: (label, path into the report).
+CHANGE_FIGURES = (
+    ("rows", ("rows",)),
+    ("exact duplicate rows", ("duplicates", "exact_duplicate_rows")),
+    ("prompt duplication rate", ("prompts", "duplication_rate")),
+    ("unique prompts", ("prompts", "unique")),
+    ("chosen longer share", ("pairs", "chosen_longer_share")),
+    ("chosen mean chars", ("pairs", "chosen_mean_chars")),
+    ("rejected mean chars", ("pairs", "rejected_mean_chars")),
+    ("rows with PII", ("pii", "rows_with_hits")),
+)
+
+
+def _figure(report: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = report
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node if isinstance(node, (int, float)) and not isinstance(node, bool) else None
+
+
+def compare(current: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """What changed since the previous snapshot: each headline figure, before, after and delta."""
+    figures = []
+    for label, path in CHANGE_FIGURES:
+        before, after = _figure(previous, path), _figure(current, path)
+        if before is None and after is None:
+            continue
+        delta = None if before is None or after is None else round(after - before, 6)
+        figures.append({"figure": label, "previous": before, "current": after, "change": delta})
+    columns_before, columns_after = set(previous.get("columns", [])), set(current.get("columns", []))
     return {
-        "count": len(present),
-        "missing": len(texts) - len(present),
-        "blank": sum(1 for t in present if not t.strip()),
-        "unique": len(set(present)),
-        "chars": summary(chars),
-        "tokens": summary(tokens),
-        "char_histogram": histogram(chars, bins),
-        "token_histogram": histogram(tokens, bins),
+        "previous_dataset": previous.get("dataset"),
+        "previous_dataset_hash": previous.get("dataset_hash"),
+        "figures": figures,
+        "columns_added": sorted(columns_after - columns_before),
+        "columns_removed": sorted(columns_before - columns_after),
     }
-
-
-def bigrams(prompts: list[str], top_k: int) -> list[dict[str, Any]]:
-    counts: Counter[str] = Counter()
-    for prompt in prompts:
-        words = _WORD.findall(prompt.lower())
-        counts.update(f"{a} {b}" for a, b in zip(words, words[1:]))
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top_k]
-    return [{"bigram": gram, "count": n} for gram, n in ranked]
-
-
-def describe(records: list[dict[str, Any]], kind: str, bins: int = 20, top_k: int = 20) -> dict[str, Any]:
-    """Every statistic of the report, as JSON-ready data."""
-    rows = len(records)
-    columns = sorted({key for record in records for key in record if not key.startswith("_")})
-    required, _ = checked_columns(kind, set(columns))
-    text_columns = [c for c in TEXT_COLUMNS if c in columns]
-    texts = {c: [flatten_text(r.get(c))[0] for r in records] for c in text_columns}
-
-    content = [c for c in required if c in texts] or text_columns
-    keys = [tuple(texts[c][i] for c in content) for i in range(rows)]
-    per_column = {}
-    for c in text_columns:
-        present = [t for t in texts[c] if t is not None]
-        per_column[c] = len(present) - len(set(present))
-    report: dict[str, Any] = {
-        "kind": kind,
-        "rows": rows,
-        "columns": columns,
-        "text_columns": {c: column_stats(texts[c], bins) for c in text_columns},
-        "duplicates": {
-            "compared_columns": content,
-            "exact_duplicate_rows": rows - len(set(keys)),
-            "duplicate_values_per_column": per_column,
-        },
-    }
-
-    if "prompt" in texts:
-        prompts = [p for p in texts["prompt"] if p is not None]
-        repeated = Counter(prompts)
-        top = sorted(((p, n) for p, n in repeated.items() if n > 1), key=lambda item: (-item[1], item[0]))[:top_k]
-        report["prompts"] = {
-            "unique": len(repeated),
-            "duplication_rate": round((len(prompts) - len(repeated)) / len(prompts), 6) if prompts else 0.0,
-            "most_repeated": [{"prompt": p, "count": n} for p, n in top],
-            "top_bigrams": bigrams(prompts, top_k),
-        }
-
-    if "chosen" in texts and "rejected" in texts:
-        pairs = [(c, r) for c, r in zip(texts["chosen"], texts["rejected"]) if c is not None and r is not None]
-        n = len(pairs)
-        report["pairs"] = {
-            "pairs": n,
-            "chosen_mean_chars": round(sum(len(c) for c, _ in pairs) / n, 3) if n else None,
-            "rejected_mean_chars": round(sum(len(r) for _, r in pairs) / n, 3) if n else None,
-            "chosen_mean_tokens": round(sum(len(c.split()) for c, _ in pairs) / n, 3) if n else None,
-            "rejected_mean_tokens": round(sum(len(r.split()) for _, r in pairs) / n, 3) if n else None,
-            "chosen_longer_share": round(sum(len(c) > len(r) for c, r in pairs) / n, 6) if n else None,
-            "same_length_share": round(sum(len(c) == len(r) for c, r in pairs) / n, 6) if n else None,
-            "identical_pairs": sum(c == r for c, r in pairs),
-        }
-
-    if "source" in columns:
-        sources = Counter(
-            "(missing)" if r.get("source") in (None, "") else str(r.get("source")) for r in records
-        )
-        report["sources"] = dict(sorted(sources.items(), key=lambda item: (-item[1], item[0])))
-    return report
 
 
 # --- HTML ------------------------------------------------------------------------------------
@@ -306,6 +481,9 @@ def render_html(report: dict[str, Any]) -> str:
         add(f"<p>{_number(pairs['pairs'])} pairs; chosen is longer in {_percent(pairs['chosen_longer_share'])}, "
             f"the same length in {_percent(pairs['same_length_share'])}; "
             f"{_number(pairs['identical_pairs'])} identical pair(s).</p>")
+        if pairs.get("char_difference_histogram"):
+            add(histogram_svg(pairs["char_difference_histogram"],
+                              "chosen minus rejected characters per pair (right of 0: chosen longer)"))
 
     add("<h2>Duplicates</h2>")
     add(f"<p>{_number(dup['exact_duplicate_rows'])} row(s) repeat an earlier row on "
@@ -323,9 +501,38 @@ def render_html(report: dict[str, Any]) -> str:
                 add(f'<tr><td class="text">{esc(item["prompt"])}</td><td>{_number(item["count"])}</td></tr>')
             add("</table>")
 
+    pii_stats = report.get("pii") or {}
+    add("<h2>Personal data and secrets</h2>")
+    add(f"<p>{_number(pii_stats.get('rows_with_hits', 0))} row(s) hold at least one hit "
+        "(emails, phone numbers, card numbers passing Luhn, IBANs, IP addresses, API keys, private keys, JWTs).</p>")
+    add(bars_svg(list((pii_stats.get("rows_by_kind") or {}).items()), "rows with a hit, by kind"))
+
     if "sources" in report:
         add("<h2>Sources</h2>")
         add(bars_svg(list(report["sources"].items()), "rows per source"))
+        breakdown = report.get("source_breakdown")
+        if breakdown:
+            add("<table><tr><th>source</th><th>rows</th><th>pairs</th><th>chosen longer</th></tr>")
+            for source, item in breakdown.items():
+                add(f'<tr><td class="text">{esc(source)}</td><td>{_number(item["rows"])}</td>'
+                    f'<td>{_number(item["pairs"])}</td><td>{_percent(item["chosen_longer_share"])}</td></tr>')
+            add("</table>")
+
+    change = report.get("change")
+    if change:
+        add("<h2>Change against the previous snapshot</h2>")
+        add(f'<p class="muted">previous: {esc(change.get("previous_dataset") or "")} · sha256 '
+            f'{esc(str(change.get("previous_dataset_hash") or "")[:16])}</p>')
+        add("<table><tr><th>figure</th><th>previous</th><th>current</th><th>change</th></tr>")
+        for item in change["figures"]:
+            delta = item["change"]
+            sign = "+" if isinstance(delta, (int, float)) and delta > 0 else ""
+            add(f'<tr><td class="text">{esc(item["figure"])}</td><td>{_number(item["previous"])}</td>'
+                f'<td>{_number(item["current"])}</td><td>{sign}{_number(delta)}</td></tr>')
+        add("</table>")
+        for label in ("columns_added", "columns_removed"):
+            if change[label]:
+                add(f'<p>{esc(label.replace("_", " "))}: {esc(", ".join(change[label]))}</p>')
     add("</body></html>\n")
     return "\n".join(out)
 
@@ -334,18 +541,29 @@ def render_html(report: dict[str, Any]) -> str:
 
 
 def run(config: EdaConfig) -> dict[str, Any]:
-    """Describe ``config.dataset``; write ``eda.json`` and ``eda.html`` under ``config.out``."""
+    """Describe ``config.dataset`` chunk by chunk; write ``eda.json`` and ``eda.html`` under ``config.out``."""
     uri = config.dataset
     out = (config.out or RunContext.from_env().step_dir("eda")).rstrip("/")
+    previous = None
+    if config.previous:
+        try:
+            previous = data.read_json(config.previous)
+        except (OSError, ValueError) as exc:
+            raise StepFailed(f"{config.previous}: previous report cannot be read ({type(exc).__name__}: {exc})",
+                             {"error": str(exc), "previous": config.previous}) from None
+    profile = Profile(config.kind, config.bins, config.top_k, config.tokenizer)
     try:
-        records = data.read_records(uri)
+        for chunk in read_chunks(uri, config.chunk_rows):
+            profile.add(chunk)
     except data.DataError as exc:
         text = str(exc)
         detail = text[len(uri) + 2 :] if text.startswith(f"{uri}: ") else text
         raise StepFailed(f"{uri}: rule {load_rule(text)} failed: {detail}", {"error": text, "dataset": uri}) from None
 
     report = {"dataset": uri, "dataset_hash": data.content_hash(uri)}
-    report.update(describe(records, config.kind, config.bins, config.top_k))
+    report.update(profile.report())
+    if isinstance(previous, dict):
+        report["change"] = compare(report, previous)
     json_path, html_path = f"{out}/eda.json", f"{out}/eda.html"
     data.write_json(json_path, report)
     _write_text(html_path, render_html(report))

@@ -2,14 +2,22 @@
 
 Both models answer every eval prompt with greedy decoding (deterministic, left padding, only the
 new tokens decoded). The answers are scored with BLEU (sacrebleu) and ROUGE-1/2/L (rouge_score)
-through the ``evaluate`` metric modules shipped in ``llmops_tasks/metrics/`` (no hub needed), and
-a paired bootstrap over eval examples gives a 95% confidence interval of candidate - champion for
-BLEU and ROUGE-L, which the gate reads.
+through the ``evaluate`` metric modules shipped in ``llmops_tasks/metrics/`` (no hub needed).
+Each model also scores text it did not write, by teacher forcing:
+
+- ``perplexity`` of the references given their prompts;
+- where the eval rows carry ``chosen`` / ``rejected``, the implicit reward of each answer: the
+  summed log-probability log pi(y|x), or with a ``reference_model`` DPO's
+  beta * (log pi(y|x) - log pi_ref(y|x)); ``preference_accuracy`` is the share of pairs whose
+  chosen answer gets the higher reward, ``reward_margin`` the mean reward(chosen) - reward(rejected).
+
+A paired bootstrap over eval examples gives 95% confidence intervals of candidate - champion for
+every metric the gate can check (and of each model's own score, for the report).
 
 BLEU is reported on a 0-1 scale (sacrebleu's score / 100) so that one regression tolerance means
-the same on every metric. The champion's answers depend only on the champion, the eval set and the
-generation settings, so they are cached under ``$LLMOPS_HOME/cache/predictions/`` and reused by
-every later run against the same champion.
+the same on every text metric. The champion's answers and log-probabilities depend only on the
+champion, the eval set and the generation settings, so they are cached under
+``$LLMOPS_HOME/cache/predictions/`` and reused by every later run against the same champion.
 """
 
 from __future__ import annotations
@@ -27,9 +35,14 @@ from llmops_tasks.errors import StepFailed
 from llmops_tasks.settings import RunContext
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-SCORED = ("bleu", "rouge1", "rouge2", "rougeL")
-BOOTSTRAPPED = ("bleu", "rougeL")
+TEXT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
+PREFERENCE_METRICS = ("preference_accuracy", "reward_margin")
+# Every metric the gate can check; all get a bootstrap interval. Lower perplexity is better.
+GATED_METRICS = (*TEXT_METRICS, *PREFERENCE_METRICS, "perplexity")
+LOWER_IS_BETTER = frozenset({"perplexity"})
 CI_LEVEL = 0.95
+# Bumped when the fields cached per champion answer change, so older cache files are not reused.
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -52,6 +65,13 @@ class EvaluateConfig:
     seed: int = field(0, help="seed for torch and the bootstrap")
     max_samples: int = field(0, help="score only the first N eval rows (0 = all)")
     bootstrap_samples: int = field(1000, help="paired bootstrap resamples for the confidence intervals (0 = none)")
+    reference_model: str = field(
+        "",
+        help="reference model for DPO implicit rewards beta*(log pi - log pi_ref): a folder, a hub id or 'base' "
+        "(base_model); empty: the reward is the summed log-probability of the answer",
+    )
+    beta: float = field(0.1, help="DPO beta scaling the implicit reward when reference_model is set")
+    report: bool = field(True, help="write report.html (metrics, intervals, best and worst examples)")
 
     def __post_init__(self) -> None:
         self.candidate_model = self.candidate_model.strip()
@@ -63,6 +83,8 @@ class EvaluateConfig:
             self.bootstrap_samples >= 0,
             f"evaluate: bootstrap_samples must be 0 (no intervals) or more, got {self.bootstrap_samples}",
         )
+        require(self.beta > 0, f"evaluate: beta must be above 0, got {self.beta}")
+        self.reference_model = self.reference_model.strip()
         context = RunContext.from_env()
         self.candidate_model = self.candidate_model or f"{context.step_dir('train')}/model"
         self.base_model = self.base_model.strip() or str(settings.tiny_model_dir())
@@ -83,13 +105,14 @@ def load_metric(name: str):
 
 
 def _text(value: Any) -> str:
-    """A reference is a string, or a conversation whose last message is the answer."""
+    """An answer is a string, or a conversation whose last message is the answer."""
     if isinstance(value, list):
         return str(value[-1].get("content", "")) if value else ""
     return "" if value is None else str(value)
 
 
 def read_eval_set(uri: str, max_samples: int = 0) -> list[dict[str, Any]]:
+    """Rows with ``prompt`` and ``reference``, plus ``chosen``/``rejected`` where the set has them."""
     try:
         rows = data.read_records(uri)
     except data.DataError as exc:
@@ -104,7 +127,22 @@ def read_eval_set(uri: str, max_samples: int = 0) -> list[dict[str, Any]]:
         )
     if not rows:
         raise StepFailed(f"evaluate: {uri} has no rows to evaluate on")
-    return [{"prompt": r["prompt"], "reference": _text(r["reference"])} for r in rows]
+    paired = [r.get("chosen") is not None and r.get("rejected") is not None for r in rows]
+    if any(paired) and not all(paired):
+        half = [str(r.get("_line", i + 1)) for i, (r, p) in enumerate(zip(rows, paired)) if not p]
+        raise StepFailed(
+            f"evaluate: {uri}: rows {', '.join(half[:10])}{' ...' if len(half) > 10 else ''} lack chosen or "
+            "rejected while other rows have both; preference metrics need the pair on every row"
+        )
+    out = []
+    for r in rows:
+        row = {"prompt": r["prompt"], "reference": _text(r["reference"])}
+        if r.get("chosen") is not None and r.get("rejected") is not None:
+            row.update(chosen=_text(r["chosen"]), rejected=_text(r["rejected"]))
+        if r.get("id") is not None:
+            row["id"] = r["id"]
+        out.append(row)
+    return out
 
 
 def _model_ref(ref: str) -> str:
@@ -147,9 +185,33 @@ def champion_cache_path(champion: dict[str, str], eval_hash: str, config: Evalua
         "max_samples": config.max_samples,
         "batch_size": config.batch_size,
         "seed": config.seed,
+        "format": CACHE_FORMAT,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return settings.home() / "cache" / "predictions" / f"{digest}.jsonl"
+
+
+def _load(model_ref: str, padding_side: str):
+    """(model in eval mode, tokenizer with a pad token, device) for one model folder or hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model_ref)
+    tokenizer.padding_side = padding_side
+    tokenizer.truncation_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_ref, **({"dtype": "auto"} if device == "cuda" else {}))
+    model.to(device)
+    model.eval()
+    return model, tokenizer, device
+
+
+def _prompt_text(tokenizer, prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return str(prompt)
 
 
 def generate(
@@ -157,23 +219,11 @@ def generate(
 ) -> list[tuple[str, int]]:
     """Greedy answers to ``prompts``: (text of the new tokens, number of new tokens before EOS)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_ref)
     # Decoder-only models continue from the last position: pad on the left so every prompt ends there.
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_ref, **({"dtype": "auto"} if device == "cuda" else {}))
-    model.to(device)
-    model.eval()
+    model, tokenizer, device = _load(model_ref, padding_side="left")
     limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
-    texts = [
-        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else str(p)
-        for p in prompts
-    ]
+    texts = [_prompt_text(tokenizer, p) for p in prompts]
     stop_ids = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
     torch.manual_seed(seed)
     answers: list[tuple[str, int]] = []
@@ -193,16 +243,88 @@ def generate(
     return answers
 
 
+def answer_logprobs(model_ref: str, pairs: list[tuple[Any, str]], *, batch_size: int) -> list[tuple[float, int]]:
+    """(summed log pi(answer | prompt), answer tokens) for each (prompt, answer), by teacher forcing.
+
+    The answer is scored as training sees it: the tokens of prompt + answer after the prompt's own
+    tokens, plus EOS. Long inputs lose the start of the prompt, never the answer.
+    """
+    model, tokenizer, device = _load(model_ref, padding_side="right")
+    try:
+        return _score_answers(model, tokenizer, device, pairs, batch_size)
+    finally:
+        del model
+
+
+def preference_pairs(rows: list[dict[str, Any]]) -> list[tuple[Any, str]]:
+    """(prompt, chosen) for every row, then (prompt, rejected): scored as one list, so the policy and
+    the reference model see the very same batches (and the base model's reward against itself is 0)."""
+    return [(r["prompt"], r[key]) for key in ("chosen", "rejected") for r in rows]
+
+
+def _score_answers(model, tokenizer, device, pairs: list[tuple[Any, str]], batch_size: int) -> list[tuple[float, int]]:
+    import torch
+
+    limit = getattr(model.config, "max_position_embeddings", None) or 1_000_000
+    limit = min(limit, tokenizer.model_max_length)
+    sequences: list[tuple[list[int], int]] = []  # (input ids, index of the first answer token)
+    for prompt, answer in pairs:
+        prompt_text = _prompt_text(tokenizer, prompt)
+        prompt_ids = tokenizer(prompt_text)["input_ids"]
+        full_ids = tokenizer(prompt_text + answer)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            full_ids = full_ids + [tokenizer.eos_token_id]
+        start = min(len(prompt_ids), len(full_ids) - 1)
+        if len(full_ids) > limit:
+            cut = len(full_ids) - limit
+            full_ids, start = full_ids[cut:], max(1, start - cut)
+        sequences.append((full_ids, max(1, start)))
+    scores: list[tuple[float, int]] = []
+    with torch.inference_mode():
+        for first in range(0, len(sequences), batch_size):
+            batch = sequences[first:first + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            answer_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            for i, (ids, start) in enumerate(batch):
+                input_ids[i, :len(ids)] = torch.tensor(ids)
+                attention[i, :len(ids)] = 1
+                answer_mask[i, start:len(ids)] = True
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+            targets = input_ids[:, 1:].to(device)
+            mask = answer_mask[:, 1:].to(device)
+            for i in range(len(batch)):  # one row at a time: a float32 (length x vocab) copy, not (batch x ...)
+                # Position t predicts token t+1.
+                logp = torch.log_softmax(logits[i, :-1].float(), dim=-1)
+                token_logp = logp.gather(-1, targets[i].unsqueeze(-1)).squeeze(-1)
+                scores.append((float((token_logp * mask[i]).sum()), int(mask[i].sum())))
+    return scores
+
+
 def _predict(model_ref: str, rows: list[dict[str, Any]], config: EvaluateConfig) -> list[dict[str, Any]]:
+    """The model's answers and its log-probabilities of the reference (and chosen/rejected) answers."""
     answers = generate(
         model_ref, [r["prompt"] for r in rows],
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed,
     )
-    return [{**row, "prediction": text, "gen_tokens": length} for row, (text, length) in zip(rows, answers)]
+    predicted = [{**row, "prediction": text, "gen_tokens": length} for row, (text, length) in zip(rows, answers)]
+    model, tokenizer, device = _load(model_ref, padding_side="right")  # one load for every answer scored
+    scored = {"reference": _score_answers(model, tokenizer, device, [(r["prompt"], r["reference"]) for r in rows],
+                                          config.batch_size)}
+    if "chosen" in rows[0]:
+        both = _score_answers(model, tokenizer, device, preference_pairs(rows), config.batch_size)
+        scored.update(chosen=both[:len(rows)], rejected=both[len(rows):])
+    del model
+    for name, values in scored.items():
+        for row, (logp, tokens) in zip(predicted, values):
+            row[f"{name}_logp"] = logp
+            row[f"{name}_tokens"] = tokens
+    return predicted
 
 
 def _cached_predictions(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """The cached answers, if they are for exactly these prompts."""
+    """The cached answers, if they are for exactly these prompts and carry every scored field."""
     if not path.is_file():
         return None
     try:
@@ -211,63 +333,139 @@ def _cached_predictions(path: Path, rows: list[dict[str, Any]]) -> list[dict[str
         return None
     if len(cached) != len(rows) or any(c.get("prompt") != r["prompt"] for c, r in zip(cached, rows)):
         return None
+    needed = {f"{k}_logp" for k in ("reference", "chosen", "rejected") if k in rows[0]}
+    if any(not needed <= set(c) for c in cached):
+        return None
     return [{k: v for k, v in c.items() if not k.startswith("_")} for c in cached]
 
 
-def score(predictions: list[str], references: list[str]) -> tuple[dict[str, float], list[float]]:
-    """Corpus scores ({bleu, rouge1, rouge2, rougeL}, all 0-1) and the per-example ROUGE-L."""
-    bleu = load_metric("sacrebleu").compute(predictions=predictions, references=[[r] for r in references])
-    rouge = load_metric("rouge").compute(
-        predictions=predictions, references=references, rouge_types=["rouge1", "rouge2", "rougeL"],
-        use_aggregator=False,
+def _compute(metric, **kwargs):
+    """The metric module's own computation, without evaluate's Arrow round trip of the inputs.
+
+    ``Metric.compute`` first writes every prediction and reference to an Arrow table and reads
+    them back (to support distributed ``add_batch``); for one process holding the whole eval set
+    that is pure overhead. The numbers are the module's, unchanged.
+    """
+    return metric._compute(**kwargs)
+
+
+def score(predictions: list[str], references: list[str]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Corpus scores ({bleu, rouge1, rouge2, rougeL}, all 0-1) and the per-example ROUGE F-measures."""
+    bleu = _compute(load_metric("sacrebleu"), predictions=predictions, references=[[r] for r in references])
+    rouge = _compute(
+        load_metric("rouge"), predictions=predictions, references=references,
+        rouge_types=["rouge1", "rouge2", "rougeL"], use_aggregator=False,
     )
     scores = {"bleu": bleu["score"] / 100.0}
     for key in ("rouge1", "rouge2", "rougeL"):
         scores[key] = sum(rouge[key]) / len(rouge[key])
-    return scores, list(rouge["rougeL"])
+    return scores, {key: list(rouge[key]) for key in ("rouge1", "rouge2", "rougeL")}
 
 
-def paired_bootstrap(
-    references: list[str],
-    candidate: list[str],
-    champion: list[str],
-    candidate_rougeL: list[float],
-    champion_rougeL: list[float],
-    *,
-    samples: int,
-    seed: int,
-) -> dict[str, list[float]]:
-    """95% intervals of candidate - champion for BLEU and ROUGE-L, resampling eval examples.
+def likelihood_scores(
+    rows: list[dict[str, Any]], reference_logps: dict[str, list[float]] | None, beta: float
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Perplexity on references and, with chosen/rejected, preference accuracy and reward margin.
 
-    Both systems are scored on the same resampled examples. BLEU is recomputed as a corpus score on
-    each resample from the per-sentence n-gram statistics, the way sacrebleu's own paired bootstrap
-    test does, so a resample costs a sum, not a re-tokenization.
+    Returns the corpus values and the per-example values the bootstrap resamples: reward rows use
+    ``reference_logps`` ({"chosen": [...], "rejected": [...]}) from the reference model when given.
     """
+    import math
+
+    per_example: dict[str, list[float]] = {}
+    values: dict[str, float] = {}
+    if "reference_logp" in rows[0]:
+        nll = [-float(r["reference_logp"]) for r in rows]
+        tokens = [float(r["reference_tokens"]) for r in rows]
+        per_example.update(nll=nll, tokens=tokens)
+        values["perplexity"] = math.exp(sum(nll) / max(sum(tokens), 1.0))
+    if "chosen_logp" in rows[0]:
+        chosen = [float(r["chosen_logp"]) for r in rows]
+        rejected = [float(r["rejected_logp"]) for r in rows]
+        if reference_logps is not None:
+            chosen = [beta * (c - ref) for c, ref in zip(chosen, reference_logps["chosen"])]
+            rejected = [beta * (r - ref) for r, ref in zip(rejected, reference_logps["rejected"])]
+        margin = [c - r for c, r in zip(chosen, rejected)]
+        correct = [1.0 if m > 0 else 0.0 for m in margin]
+        per_example.update(preference_accuracy=correct, reward_margin=margin)
+        values["preference_accuracy"] = sum(correct) / len(correct)
+        values["reward_margin"] = sum(margin) / len(margin)
+    return values, per_example
+
+
+def _statistic_matrix(predictions: list[str], references: list[str], per_example: dict[str, list[float]]):
+    """Per-example sufficient statistics: BLEU n-gram counts, ROUGE, pairs, NLL and token counts."""
     import numpy as np
     from sacrebleu.metrics import BLEU
 
     bleu = BLEU()  # the same defaults as corpus_bleu, hence as the sacrebleu metric module
-    candidate_stats = np.asarray(bleu._extract_corpus_statistics(candidate, [references]), dtype=np.int64)
-    champion_stats = np.asarray(bleu._extract_corpus_statistics(champion, [references]), dtype=np.int64)
-    rouge_diff = np.asarray(candidate_rougeL, dtype=np.float64) - np.asarray(champion_rougeL, dtype=np.float64)
+    stats = {"bleu": np.asarray(bleu._extract_corpus_statistics(predictions, [references]), dtype=np.float64)}
+    stats.update({key: np.asarray(values, dtype=np.float64) for key, values in per_example.items()})
+    return bleu, stats
+
+
+def _corpus_values(bleu, stats: dict[str, Any], counts) -> dict[str, Any]:
+    """Each metric on each resample (rows of ``counts``: how often each example is drawn)."""
+    import numpy as np
+
+    n = counts.shape[1]
+    values: dict[str, Any] = {}
+    bleu_sums = counts @ stats["bleu"]
+    values["bleu"] = np.array([bleu._compute_score_from_stats(row.astype(np.int64).tolist()).score / 100.0
+                               for row in bleu_sums])
+    for key in ("rouge1", "rouge2", "rougeL", "preference_accuracy", "reward_margin"):
+        if key in stats:
+            values[key] = counts @ stats[key] / n
+    if "nll" in stats:
+        values["perplexity"] = np.exp((counts @ stats["nll"]) / np.maximum(counts @ stats["tokens"], 1.0))
+    return values
+
+
+def paired_bootstrap(
+    references: list[str],
+    candidate: tuple[list[str], dict[str, list[float]]],
+    champion: tuple[list[str], dict[str, list[float]]],
+    *,
+    samples: int,
+    seed: int,
+) -> dict[str, dict]:
+    """95% percentile intervals over ``samples`` paired resamples of the eval examples.
+
+    ``candidate`` and ``champion`` are (predictions, per-example values: rouge1/rouge2/rougeL,
+    preference_accuracy, reward_margin, nll, tokens). Both are scored on the same resampled
+    examples, so the interval of candidate - champion ("delta") is not widened by which examples
+    happened to be drawn. Corpus BLEU and perplexity are recomputed on each resample from summed
+    per-example statistics, the way sacrebleu's own paired bootstrap test does, so a resample costs
+    a matrix product, not a re-tokenization.
+    """
+    import numpy as np
+
+    bleu, ours = _statistic_matrix(candidate[0], references, candidate[1])
+    _, theirs = _statistic_matrix(champion[0], references, champion[1])
     n = len(references)
     rng = np.random.default_rng(seed)
-    bleu_deltas: list[float] = []
-    rouge_deltas: list[float] = []
+    draws: dict[str, dict[str, list]] = {"candidate": {}, "champion": {}}
     chunk = max(1, 2_000_000 // max(n, 1))  # bounds the (resamples x examples) count matrix in memory
     for start in range(0, samples, chunk):
-        # How often each example is drawn in each resample: sampling n with replacement.
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, samples - start))
-        for cand_row, champ_row in zip(counts @ candidate_stats, counts @ champion_stats):
-            ours = bleu._compute_score_from_stats(cand_row).score
-            theirs = bleu._compute_score_from_stats(champ_row).score
-            bleu_deltas.append((ours - theirs) / 100.0)
-        rouge_deltas.extend((counts @ rouge_diff / n).tolist())
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, samples - start)).astype(np.float64)
+        for name, stats in (("candidate", ours), ("champion", theirs)):
+            for metric, values in _corpus_values(bleu, stats, counts).items():
+                draws[name].setdefault(metric, []).append(values)
     tail = (1.0 - CI_LEVEL) / 2 * 100
-    return {
-        metric: [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
-        for metric, values in (("bleu", bleu_deltas), ("rougeL", rouge_deltas))
-    }
+
+    def interval(values) -> list[float]:
+        return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+    result: dict[str, dict] = {"delta": {}, "candidate": {}, "champion": {}}
+    for metric in GATED_METRICS:
+        if metric not in draws["candidate"] or metric not in draws["champion"]:
+            continue
+        cand = np.concatenate(draws["candidate"][metric])
+        champ = np.concatenate(draws["champion"][metric])
+        result["delta"][metric] = interval(cand - champ)
+        result["candidate"][metric] = interval(cand)
+        result["champion"][metric] = interval(champ)
+    return result
 
 
 def run(config: EvaluateConfig) -> dict:
@@ -285,29 +483,43 @@ def run(config: EvaluateConfig) -> dict:
         champion_rows = _predict(champion["model_dir"], rows, config)
         data.write_jsonl(str(cache_path), champion_rows)
 
+    reference_logps = None
+    reference_label = ""
+    if config.reference_model and "chosen" in rows[0]:
+        reference_label = config.base_model if config.reference_model == "base" else config.reference_model
+        reference_ref = _model_ref(reference_label)
+        scored = answer_logprobs(reference_ref, preference_pairs(rows), batch_size=config.batch_size)
+        reference_logps = {"chosen": [logp for logp, _ in scored[:len(rows)]],
+                           "rejected": [logp for logp, _ in scored[len(rows):]]}
+
     paths = {
         "metrics": f"{out}/metrics.json",
         "candidate_predictions": f"{out}/predictions_candidate.jsonl",
         "champion_predictions": f"{out}/predictions_champion.jsonl",
     }
+    references = [r["reference"] for r in rows]
+    results: dict[str, dict[str, float]] = {}
+    per_example: dict[str, dict[str, list[float]]] = {}
+    for name, predicted in (("candidate", candidate_rows), ("champion", champion_rows)):
+        results[name], per_example[name] = score([r["prediction"] for r in predicted], references)
+        likelihood, likelihood_rows = likelihood_scores(predicted, reference_logps, config.beta)
+        results[name].update(likelihood)
+        per_example[name].update(likelihood_rows)
+        results[name]["gen_len"] = sum(r["gen_tokens"] for r in predicted) / len(predicted)
+        for i, row in enumerate(predicted):  # per-example scores travel with the predictions
+            row.update({k: v[i] for k, v in per_example[name].items()
+                        if k in ("rouge1", "rouge2", "rougeL", "reward_margin")})
     data.write_jsonl(paths["candidate_predictions"], candidate_rows)
     data.write_jsonl(paths["champion_predictions"], champion_rows)
 
-    references = [r["reference"] for r in rows]
-    results: dict[str, dict[str, float]] = {}
-    rougeL: dict[str, list[float]] = {}
-    for name, predicted in (("candidate", candidate_rows), ("champion", champion_rows)):
-        results[name], rougeL[name] = score([r["prediction"] for r in predicted], references)
-        results[name]["gen_len"] = sum(r["gen_tokens"] for r in predicted) / len(predicted)
-    delta = {key: results["candidate"][key] - results["champion"][key] for key in (*SCORED, "gen_len")}
-    ci: dict[str, list[float]] = {}
+    delta = {key: results["candidate"][key] - results["champion"][key]
+             for key in results["candidate"] if key in results["champion"]}
+    intervals: dict[str, dict] = {"delta": {}, "candidate": {}, "champion": {}}
     if config.bootstrap_samples:
-        ci = paired_bootstrap(
+        intervals = paired_bootstrap(
             references,
-            [r["prediction"] for r in candidate_rows],
-            [r["prediction"] for r in champion_rows],
-            rougeL["candidate"],
-            rougeL["champion"],
+            ([r["prediction"] for r in candidate_rows], per_example["candidate"]),
+            ([r["prediction"] for r in champion_rows], per_example["champion"]),
             samples=config.bootstrap_samples,
             seed=config.seed,
         )
@@ -315,9 +527,13 @@ def run(config: EvaluateConfig) -> dict:
         "candidate": results["candidate"],
         "champion": results["champion"],
         "delta": delta,
-        "ci": ci,
+        "ci": intervals["delta"],
+        "intervals": {"candidate": intervals["candidate"], "champion": intervals["champion"]},
         "ci_level": CI_LEVEL,
         "bootstrap_samples": config.bootstrap_samples,
+        "lower_is_better": sorted(LOWER_IS_BETTER),
+        "reward": (f"beta*(log pi - log pi_ref), beta={config.beta}, reference {reference_label}"
+                   if reference_logps is not None else "summed log-probability of the answer"),
         "champion_label": champion["label"],
         "champion_version": champion["version"],
         "candidate_model": candidate_ref,
@@ -325,8 +541,15 @@ def run(config: EvaluateConfig) -> dict:
         "n": len(rows),
         "eval_data": config.eval_data,
         "eval_hash": eval_hash,
+        "predictions": {"candidate": paths["candidate_predictions"], "champion": paths["champion_predictions"]},
         "generation": {"max_new_tokens": config.max_new_tokens, "greedy": True, "seed": config.seed},
     }
+    if config.report:
+        from llmops_tasks import eval_report
+
+        paths["report"] = f"{out}/report.html"
+        eval_report.write(paths["report"], metrics, candidate_rows, champion_rows)
+        metrics["report"] = paths["report"]
     data.write_json(paths["metrics"], metrics)
     run_url = _log_to_mlflow(metrics, paths, config)
     return {
@@ -335,16 +558,17 @@ def run(config: EvaluateConfig) -> dict:
         "champion_cache": str(cache_path),
         "champion_cached": champion_cached,
         "champion_label": champion["label"],
+        "champion_version": champion["version"],
         "n": len(rows),
         "candidate": results["candidate"],
         "champion": results["champion"],
         "delta": delta,
-        "ci": ci,
+        "ci": intervals["delta"],
     }
 
 
 def _log_to_mlflow(metrics: dict, paths: dict[str, str], config: EvaluateConfig) -> str:
-    """A child run with candidate, champion, delta and CI bounds as metrics, files as artifacts."""
+    """A child run with candidate, champion, delta and interval bounds as metrics, files as artifacts."""
     from llmops_tasks import tracking
     from llmops_tasks.config import to_dict
 
@@ -353,6 +577,9 @@ def _log_to_mlflow(metrics: dict, paths: dict[str, str], config: EvaluateConfig)
         flat.update({f"{group}_{k}": v for k, v in metrics[group].items()})
     for metric, (low, high) in metrics["ci"].items():
         flat.update({f"delta_{metric}_ci_low": low, f"delta_{metric}_ci_high": high})
+    for group, by_metric in metrics["intervals"].items():
+        for metric, (low, high) in by_metric.items():
+            flat.update({f"{group}_{metric}_ci_low": low, f"{group}_{metric}_ci_high": high})
     with tracking.step_run("evaluate", params=to_dict(config),
                            tags={"champion": metrics["champion_label"]}) as run_id:
         tracking.log_metrics(run_id, flat)

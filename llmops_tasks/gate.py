@@ -2,18 +2,23 @@
 
 The policy is a handful of rules, each checked and reported on its own:
 
-- ``min_bleu`` / ``min_rougeL``: floors on the candidate's own scores;
+- ``min_bleu`` / ``min_rougeL`` / ``min_preference_accuracy`` / ``max_perplexity``: absolute
+  limits on the candidate's own scores (the last two ``null`` = off);
 - ``max_regression``: on each of ``regression_metrics``, the candidate may fall at most this far
-  below the champion (absolute, on the 0-1 scale evaluate reports);
+  below the champion (absolute, on the 0-1 scale evaluate reports; for perplexity, where lower is
+  better, the relative increase); the rule also records the 95% interval of the difference;
 - ``min_improvement``: the lower end of the 95% confidence interval of candidate - champion on
   ``primary_metric`` must reach this value, i.e. the gain must be more than noise. ``null``
-  switches the rule off, leaving only the floors and the regression rules.
+  switches the rule off, leaving only the limits and the regression rules.
+
+Every rule checked is in decision.json with its metric, value, threshold, pass/fail and a
+sentence; ``reason`` is one line naming the failed rules (or the primary metric's change).
 
 The thresholds come from the step's settings (a recipe via ``--config``, or ``--set``) and, where
 one team keeps its policy in a file of its own, from ``policy``: a YAML file holding any of the
 threshold settings. A threshold given in the settings (one that differs from its default) wins
-over the policy file. A rejection is not a crash: the decision is written, and the step fails with
-the reason (CLI exit code 1).
+over the policy file. A rejection is not a crash: the decision (and report.html, the evaluation report with the
+decision on top) is written, and the step fails with the reason (CLI exit code 1).
 """
 
 from __future__ import annotations
@@ -28,8 +33,14 @@ from llmops_tasks.config import ConfigError, _coerce, field, load_yaml, require
 from llmops_tasks.errors import StepFailed
 from llmops_tasks.settings import RunContext
 
-METRIC_NAMES = ("bleu", "rouge1", "rouge2", "rougeL")
-THRESHOLDS = ("min_bleu", "min_rougeL", "max_regression", "regression_metrics", "primary_metric", "min_improvement")
+TEXT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
+# Every metric evaluate can report that a rule may name; perplexity improves downwards.
+METRIC_NAMES = (*TEXT_METRICS, "preference_accuracy", "reward_margin", "perplexity")
+LOWER_IS_BETTER = frozenset({"perplexity"})
+THRESHOLDS = (
+    "min_bleu", "min_rougeL", "min_preference_accuracy", "max_perplexity", "max_regression", "regression_metrics",
+    "primary_metric", "min_improvement",
+)
 
 
 @dataclass
@@ -38,16 +49,23 @@ class GateConfig:
         "", help="metrics.json written by the evaluate step (default: the run's evaluate/metrics.json)"
     )
     policy: str = field("", help="optional YAML file of threshold settings (the keys below from min_bleu on)")
-    out_dir: str = field("", help="output folder for decision.json (default: the run's gate/ folder)")
+    out_dir: str = field("", help="output folder for decision.json and report.html (default: the run's gate/ folder)")
+    report: bool = field(True, help="write report.html: the evaluation report with the decision on top")
     min_bleu: float = field(0.0, help="lowest BLEU (0-1) the candidate may have")
     min_rougeL: float = field(0.0, help="lowest ROUGE-L F1 (0-1) the candidate may have")
+    min_preference_accuracy: float | None = field(
+        None, help="lowest share of eval pairs (0-1) where the candidate prefers chosen (null: no such rule)"
+    )
+    max_perplexity: float | None = field(None, help="highest perplexity on the references allowed (null: no such rule)")
     max_regression: float = field(
         0.02, help="largest drop below the champion allowed on each regression metric (absolute)"
     )
     regression_metrics: list[str] = field(
-        default_factory=lambda: list(METRIC_NAMES), help="metrics on which max_regression applies"
+        default_factory=lambda: list(TEXT_METRICS), help=f"metrics on which max_regression applies, among {METRIC_NAMES}"
     )
-    primary_metric: str = field("rougeL", help="metric whose confidence interval min_improvement is checked on")
+    primary_metric: str = field(
+        "rougeL", help="metric whose confidence interval min_improvement is checked on (higher must be better)"
+    )
     min_improvement: float | None = field(
         0.0,
         help="required lower end of the 95 percent confidence interval of candidate - champion on primary_metric "
@@ -61,9 +79,10 @@ class GateConfig:
         self.policy = self.policy.strip()
         if self.policy:
             self._apply_policy_file()
+        improvable = [m for m in METRIC_NAMES if m not in LOWER_IS_BETTER]
         require(
-            self.primary_metric in METRIC_NAMES,
-            f"gate: primary_metric must be one of {list(METRIC_NAMES)}, got {self.primary_metric!r}",
+            self.primary_metric in improvable,
+            f"gate: primary_metric must be one of {improvable}, got {self.primary_metric!r}",
         )
         unknown = [m for m in self.regression_metrics if m not in METRIC_NAMES]
         require(not unknown, f"gate: regression_metrics must be among {list(METRIC_NAMES)}, got {unknown}")
@@ -71,6 +90,11 @@ class GateConfig:
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, f"gate: {name} is on the 0-1 scale evaluate reports, got {value}")
         require(self.max_regression >= 0, f"gate: max_regression must be 0 or more, got {self.max_regression}")
+        if self.min_preference_accuracy is not None:
+            require(0.0 <= self.min_preference_accuracy <= 1.0,
+                    f"gate: min_preference_accuracy is a share (0-1), got {self.min_preference_accuracy}")
+        if self.max_perplexity is not None:
+            require(self.max_perplexity >= 1.0, f"gate: max_perplexity must be 1 or more, got {self.max_perplexity}")
 
     def _apply_policy_file(self) -> None:
         values = load_yaml(self.policy)
@@ -95,8 +119,20 @@ class GateConfig:
         return {name: getattr(self, name) for name in THRESHOLDS}
 
 
-def _rule(rule: str, metric: str, value: float | None, threshold: float, passed: bool, detail: str) -> dict[str, Any]:
-    return {"rule": rule, "metric": metric, "value": value, "threshold": threshold, "passed": passed, "detail": detail}
+def _rule(
+    rule: str, metric: str, value: float | None, threshold: float, passed: bool, detail: str, **numbers: Any
+) -> dict[str, Any]:
+    return {"rule": rule, "metric": metric, "value": value, "threshold": threshold, "passed": passed, "detail": detail,
+            **numbers}
+
+
+def _interval(ci: dict[str, Any], metric: str) -> list[float] | None:
+    pair = ci.get(metric)
+    return [float(pair[0]), float(pair[1])] if pair else None
+
+
+def _ci_text(interval: list[float] | None) -> str:
+    return f", 95% CI [{interval[0]:+.4f}, {interval[1]:+.4f}]" if interval else ""
 
 
 def decide(metrics: dict[str, Any], policy: GateConfig) -> dict[str, Any]:
@@ -109,39 +145,56 @@ def decide(metrics: dict[str, Any], policy: GateConfig) -> dict[str, Any]:
 
     def value_of(scores: dict[str, Any], name: str) -> float | None:
         value = scores.get(name)
-        return float(value) if isinstance(value, (int, float)) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    for rule, metric, floor in (("min_bleu", "bleu", policy.min_bleu), ("min_rougeL", "rougeL", policy.min_rougeL)):
+    limits = [("min_bleu", "bleu", policy.min_bleu, ">="), ("min_rougeL", "rougeL", policy.min_rougeL, ">=")]
+    if policy.min_preference_accuracy is not None:
+        limits.append(("min_preference_accuracy", "preference_accuracy", policy.min_preference_accuracy, ">="))
+    if policy.max_perplexity is not None:
+        limits.append(("max_perplexity", "perplexity", policy.max_perplexity, "<="))
+    for rule, metric, limit, sense in limits:
         value = value_of(candidate, metric)
-        passed = value is not None and value >= floor
-        detail = (f"candidate {metric} {value:.4f} {'>=' if passed else '<'} {floor:.4f}" if value is not None
-                  else f"candidate {metric} missing from the metrics")
-        rules.append(_rule(rule, metric, value, floor, passed, detail))
+        if value is None:
+            rules.append(_rule(rule, metric, None, limit, False,
+                               f"candidate {metric} missing from the metrics"
+                               + (" (an eval set without chosen/rejected?)" if metric == "preference_accuracy" else "")))
+            continue
+        passed = value >= limit if sense == ">=" else value <= limit
+        shown = {">=": (">=", "<"), "<=": ("<=", ">")}[sense][0 if passed else 1]
+        rules.append(_rule(rule, metric, value, limit, passed, f"candidate {metric} {value:.4f} {shown} {limit:.4f}"))
 
     for metric in policy.regression_metrics:
         ours, theirs = value_of(candidate, metric), value_of(champion, metric)
+        interval = _interval(ci, metric)
         if ours is None or theirs is None:
             rules.append(_rule("max_regression", metric, None, -policy.max_regression, False,
-                               f"{metric} missing for the candidate or {label}"))
+                               f"{metric} missing for the candidate or {label}", ci=interval))
             continue
-        change = ours - theirs
+        if metric in LOWER_IS_BETTER:  # relative, so one tolerance fits a scale with no fixed range
+            change = (theirs - ours) / theirs if theirs else 0.0
+            measured = f"relative change {-change:+.2%} (lower is better)"
+        else:
+            change = ours - theirs
+            measured = f"change {change:+.4f}"
         passed = change >= -policy.max_regression
-        detail = (f"{metric} {ours:.4f} vs {theirs:.4f} for {label}: change {change:+.4f}"
+        detail = (f"{metric} {ours:.4f} vs {theirs:.4f} for {label}: {measured}{_ci_text(interval)}"
                   + ("" if passed else f", a drop larger than the {policy.max_regression:.4f} allowed"))
-        rules.append(_rule("max_regression", metric, change, -policy.max_regression, passed, detail))
+        rules.append(_rule("max_regression", metric, change, -policy.max_regression, passed, detail,
+                           candidate=ours, champion=theirs, ci=interval))
 
     if policy.min_improvement is not None:
         metric = policy.primary_metric
-        interval = ci.get(metric)
+        interval = _interval(ci, metric)
         if not interval:
             rules.append(_rule("min_improvement", metric, None, policy.min_improvement, False,
                                f"no confidence interval for {metric} in the metrics (bootstrap_samples=0?)"))
         else:
-            low, high = float(interval[0]), float(interval[1])
+            low, high = interval
             passed = low >= policy.min_improvement
             detail = (f"95% CI of the {metric} gain over {label} is [{low:+.4f}, {high:+.4f}]; its lower end "
                       f"{'reaches' if passed else 'is below'} {policy.min_improvement:+.4f}")
-            rules.append(_rule("min_improvement", metric, low, policy.min_improvement, passed, detail))
+            rules.append(_rule("min_improvement", metric, low, policy.min_improvement, passed, detail,
+                               ci=interval, delta=value_of(metrics.get("delta") or {}, metric)))
 
     failed = [r for r in rules if not r["passed"]]
     if failed:
@@ -153,14 +206,17 @@ def decide(metrics: dict[str, Any], policy: GateConfig) -> dict[str, Any]:
                   + (f"; {primary} change {gain:+.4f}" if gain is not None else ""))
     return {
         "passed": not failed,
-        "reason": reason,
+        "reason": " ".join(reason.split()),  # one line, whatever a label or path contained
         "rules": rules,
+        "failed_rules": [f"{r['rule']}({r['metric']})" for r in failed],
         "candidate": candidate,
         "champion": champion,
         "champion_label": label,
+        "champion_version": metrics.get("champion_version", ""),
         "ci": ci,
         "n": metrics.get("n"),
         "policy": policy.thresholds(),
+        "policy_file": policy.policy,
     }
 
 
@@ -174,12 +230,24 @@ def run(config: GateConfig) -> dict:
     if not isinstance(metrics, dict) or "candidate" not in metrics:
         raise StepFailed(f"gate: {config.metrics} is not an evaluate metrics.json (no 'candidate' scores)")
     decision = decide(metrics, config)
+    out = config.out_dir.rstrip("/")
     decision["metrics_path"] = config.metrics
-    decision["decision_path"] = f"{config.out_dir.rstrip('/')}/decision.json"
+    decision["decision_path"] = f"{out}/decision.json"
+    if config.report:
+        decision["report_path"] = f"{out}/report.html"
+        _write_report(decision["report_path"], metrics, decision)
     data.write_json(decision["decision_path"], decision)
     if not decision["passed"]:
         raise StepFailed(decision["reason"], decision)
     return decision
+
+
+def _write_report(path: str, metrics: dict[str, Any], decision: dict[str, Any]) -> None:
+    """The evaluation report with the decision on top; examples only where the prediction files still exist."""
+    from llmops_tasks import eval_report
+
+    files = {k: v for k, v in (metrics.get("predictions") or {}).items() if v and data.exists(v)}
+    eval_report.write_from_files(path, {**metrics, "predictions": files}, decision)
 
 
 def command():

@@ -1,27 +1,32 @@
-"""MLflow model registry: register a gated candidate, promote it, roll back.
+"""MLflow model registry: register a gated candidate, promote it, roll back; every move audited.
 
 Aliases, never the deprecated stages: ``staging`` is the latest registered candidate,
 ``production`` the serving version, ``previous-production`` the one it replaced (the rollback
-target). Every move is tagged on the version it touches (who, when, why, the DAG run), and every
-operation is idempotent: registering the same DAG run twice returns the first version; promoting
-the version that already holds ``production`` changes nothing.
+target). Every operation is idempotent: registering the same DAG run twice returns the first
+version; promoting the version that already holds ``production`` changes nothing; a retried
+operation finds the audit line it already wrote.
 
-Concurrency rule: a promotion names the ``production`` version its gate compared against
-(``expected_production``). If ``production`` moved since, the promotion is refused, so a stale
-candidate can never replace a newer champion (compare-and-set; the check and the move are not
-one transaction in MLflow, so the window is the time between two registry calls).
+Concurrency rule: every alias move of a model runs under its registry lock (``audit.registry_lock``,
+a mutex built on the atomic creation of a registered model), and a promotion names the
+``production`` version its gate compared against (``expected_production``). Under the lock,
+production is read, compared and moved, so of two promotions racing from the same champion
+exactly one wins and the other is refused; a stale candidate never replaces a newer champion.
+
+Audit: each move tags the versions it touches (who, when, why, the DAG run, the gate decision) and
+appends one line to the model's append-only ``audit.jsonl`` (see ``audit.py``). Each version's
+description is its model card (``modelcard.py``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from llmops_tasks import data, settings, tracking
+from llmops_tasks import audit, data, modelcard, settings, tracking
 from llmops_tasks.config import field, require
 from llmops_tasks.errors import StepFailed
 from llmops_tasks.settings import RunContext
@@ -33,14 +38,22 @@ ALIASES = (STAGING, PRODUCTION, PREVIOUS)
 
 # Pinned into every logged model so a serving environment rebuilds what was tested.
 SERVING_PACKAGES = ("mlflow", "torch", "transformers", "safetensors", "tokenizers", "pandas")
+# An input example makes MLflow load the model and run it once while logging (about 1.3 s for the
+# tiny model, minutes and the model's memory for a large one): "auto" adds it below this size.
+INPUT_EXAMPLE_MAX_BYTES = 1 << 30
+EXAMPLE_PROMPT = "How do I reset my password?"
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return audit.now()
 
 
 def _actor(explicit: str = "") -> str:
     return explicit or os.environ.get("LLMOPS_ACTOR") or getpass.getuser()
+
+
+def _run_label(ctx: RunContext) -> str:
+    return f"{ctx.dag_id}/{ctx.run_id}" if ctx.run_id else "cli"
 
 
 def _pip_requirements() -> list[str]:
@@ -55,6 +68,25 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
+def folder_hash(path: str) -> str:
+    """sha256 over a local model folder (relative file names and bytes); '' for a hub id."""
+    root = Path(path)
+    if not root.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(root).parts)):
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
 def alias_versions(name: str, mlflow_client=None) -> dict[str, str]:
     """alias -> version for the registered model ({} when it does not exist yet)."""
     from mlflow.exceptions import MlflowException
@@ -62,8 +94,10 @@ def alias_versions(name: str, mlflow_client=None) -> dict[str, str]:
     mlflow_client = mlflow_client or tracking.client()
     try:
         model = mlflow_client.get_registered_model(name)
-    except MlflowException:
-        return {}
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
     return {alias: str(version) for alias, version in (model.aliases or {}).items()}
 
 
@@ -77,9 +111,42 @@ def _find_version(name: str, tag: str, value: str, mlflow_client) -> str | None:
     return str(max(int(v.version) for v in found)) if found else None
 
 
+def _model_version(name: str, version: str, mlflow_client, action: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version(name, version)
+    except MlflowException:
+        raise StepFailed(f"registry {action}: {name} has no version {version!r}",
+                         {"model_name": name, "version": version, "changed": False}) from None
+
+
 def _set_tags(name: str, version: str, tags: dict[str, Any], mlflow_client) -> None:
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, version, key, str(value)[:5000])
+
+
+def _lock(name: str, mlflow_client, action: str):
+    return audit.registry_lock(name, mlflow_client, holder=f"{action} by {_actor()} in {_run_label(RunContext.from_env())}")
+
+
+def _record(name: str, mlflow_client, action: str, version: str, key: tuple, **fields: Any) -> None:
+    """One audit line (idempotent by ``key``); call under the model's registry lock."""
+    ctx = RunContext.from_env()
+    audit.AuditLog(name, mlflow_client).append({
+        "event_id": audit.event_id(name, action, version, *key),
+        "action": action,
+        "version": str(version),
+        "dag_id": ctx.dag_id,
+        "dag_run_id": ctx.run_id,
+        "task_id": ctx.task_id,
+        **fields,
+    })
+
+
+def audit_events(name: str = "", mlflow_client=None) -> list[dict]:
+    """The model's audit log, oldest first (its hash chain verified)."""
+    return audit.AuditLog(name or settings.model_name(), mlflow_client or tracking.client()).events()
 
 
 # --------------------------------------------------------------------------- register
@@ -91,16 +158,24 @@ class RegisterConfig:
     metrics: str = field("", help="evaluate step's metrics.json")
     decision: str = field("", help="gate step's decision.json; a candidate that failed its gate is never registered")
     dataset_hash: str = field("", help="content hash of the validated data set (lineage)")
+    validation: str = field("", help="validate step's validation.json: data snapshot size and findings for the model card")
     model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
+    input_example: Literal["auto", "true", "false"] = field(
+        "auto", help="log an input example (MLflow then loads and runs the model once); auto: below 1 GiB of weights")
+    intended_use: str = field(modelcard.INTENDED_USE, help="model card: what the model is for")
+    limitations: str = field(modelcard.LIMITATIONS, help="model card: what it was not evaluated for")
 
     def __post_init__(self) -> None:
         for name in ("train_result", "metrics", "decision"):
             require(bool(getattr(self, name)), f"registry register: {name} is required (a JSON file path)")
+        self.input_example = str(self.input_example).lower()  # type: ignore[assignment]
+        require(self.input_example in ("auto", "true", "false"),
+                f"registry register: input_example must be auto, true or false, got {self.input_example!r}")
         self.model_name = self.model_name or settings.model_name()
 
 
 def register(config: RegisterConfig) -> dict:
-    """Log the candidate as a pyfunc model, register it, point ``staging`` at it."""
+    """Log the candidate as a pyfunc model, register it with its card, point ``staging`` at it."""
     decision = data.read_json(config.decision)
     if not decision.get("passed"):
         raise StepFailed(
@@ -109,6 +184,7 @@ def register(config: RegisterConfig) -> dict:
         )
     train = data.read_json(config.train_result)
     metrics = data.read_json(config.metrics)
+    validation = data.read_json(config.validation) if config.validation else None
     ctx = RunContext.from_env()
     mlflow_client = tracking.client()
     name = config.model_name
@@ -116,28 +192,33 @@ def register(config: RegisterConfig) -> dict:
 
     version = _find_version(name, "llmops.source_run", run_key, mlflow_client)
     if version is None:
-        version = _log_and_register(name, train, metrics, decision, config, ctx, run_key)
-    mlflow_client.set_registered_model_alias(name, STAGING, version)
-    _set_tags(name, version, {"llmops.staging_at": _now()}, mlflow_client)
+        version = _log_and_register(name, train, metrics, decision, validation, config, ctx, run_key)
+    with _lock(name, mlflow_client, "register"):
+        before = alias_versions(name, mlflow_client)
+        if before.get(STAGING) != version:
+            mlflow_client.set_registered_model_alias(name, STAGING, version)
+            _set_tags(name, version, {"llmops.staging_at": _now()}, mlflow_client)
+        _record(name, mlflow_client, "staged", version, (run_key,), actor=_actor(),
+                aliases_before=before, gate={"passed": True, "reason": decision.get("reason", "")})
     return {"model_name": name, "version": version, "aliases": _aliases_of(name, version, mlflow_client)}
 
 
-def _log_and_register(name, train, metrics, decision, config, ctx, run_key) -> str:
-    import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
-
+def _lineage(train: dict, metrics: dict, decision: dict, validation: dict | None, config: RegisterConfig,
+             ctx: RunContext, run_key: str) -> dict[str, str]:
     candidate = metrics.get("candidate", {})
+    base = train.get("base_model", "")
     lineage = {
         "llmops.source_run": run_key,
         "llmops.dag_id": ctx.dag_id,
         "llmops.dag_run_id": ctx.run_id,
-        "llmops.dataset_hash": config.dataset_hash,
+        "llmops.dataset_hash": config.dataset_hash or (validation or {}).get("dataset_hash") or "",
         "llmops.train_data_hash": train.get("train_data_hash", ""),
         "llmops.eval_data_hash": metrics.get("eval_hash", ""),
         "llmops.config_hash": train.get("config_hash", ""),
-        "llmops.base_model": train.get("base_model", ""),
+        "llmops.base_model": base,
+        "llmops.base_model_hash": folder_hash(base) if base else "",
         "llmops.method": train.get("method", ""),
+        "llmops.adapter": str(bool(train.get("adapter_dir"))).lower(),
         "llmops.package_version": tracking.__version__,
         "llmops.code_revision": os.environ.get("LLMOPS_CODE_REVISION", ""),
         "llmops.train_mlflow_run": train.get("mlflow_run_id", ""),
@@ -145,24 +226,69 @@ def _log_and_register(name, train, metrics, decision, config, ctx, run_key) -> s
         "llmops.gate_reason": decision.get("reason", ""),
         "llmops.champion": metrics.get("champion_label", ""),
         "llmops.champion_version": metrics.get("champion_version", ""),
-        **{f"metric.{k}": round(float(v), 6) for k, v in candidate.items() if isinstance(v, (int, float))},
+        **{f"metric.{k}": str(round(float(v), 6)) for k, v in candidate.items() if isinstance(v, (int, float))},
     }
-    signature = infer_signature(pd.DataFrame({"prompt": ["How do I reset my password?"]}), ["Open the sign-in page."])
+    return {k: str(v) for k, v in lineage.items()}
+
+
+def _train_parameters(train: dict, mlflow_client) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    run_id = train.get("mlflow_run_id")
+    if not run_id:
+        return {}
+    try:
+        return dict(mlflow_client.get_run(run_id).data.params)
+    except MlflowException:
+        return {}
+
+
+def _log_and_register(name, train, metrics, decision, validation, config, ctx, run_key) -> str:
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    mlflow_client = tracking.client()
+    candidate = metrics.get("candidate", {})
+    lineage = _lineage(train, metrics, decision, validation, config, ctx, run_key)
+    example = pd.DataFrame({"prompt": [EXAMPLE_PROMPT]})
+    signature = infer_signature(example, ["Open the sign-in page."], params={"max_new_tokens": 64})
+    with_example = config.input_example == "true" or (
+        config.input_example == "auto" and _folder_bytes(train["model_dir"]) < INPUT_EXAMPLE_MAX_BYTES)
+    artifacts = {"model": train["model_dir"]}
+    if train.get("adapter_dir"):
+        # The adapter next to the merged weights; its base is named by the lineage tags.
+        artifacts["adapter"] = train["adapter_dir"]
+    folder = Path(RunContext.from_env().step_dir("register"))
+    folder.mkdir(parents=True, exist_ok=True)
     with tracking.step_run("register", params={"model_name": name}, tags={"method": train.get("method", "")}) as run_id:
+        # Tags given to log_model land on the new version in the same request that creates it.
+        lineage = {**lineage, "llmops.model_card_run": run_id, "llmops.input_example": str(with_example).lower()}
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(__file__).with_name("serving.py")),
-                artifacts={"model": train["model_dir"]},
+                artifacts=artifacts,
                 pip_requirements=_pip_requirements(),
                 signature=signature,
-                input_example=None,
+                input_example=example if with_example else None,
                 registered_model_name=name,
-                tags={k: str(v) for k, v in lineage.items()},
+                tags=lineage,
             )
             tracking.log_metrics(run_id, {k: v for k, v in candidate.items() if isinstance(v, (int, float))})
-    version = str(info.registered_model_version)
-    _set_tags(name, version, lineage, tracking.client())
+        version = str(info.registered_model_version)
+        card = modelcard.render(
+            model_name=name, version=version, train=train, metrics=metrics, decision=decision,
+            validation=validation, lineage=lineage, hyperparameters=_train_parameters(train, mlflow_client),
+            intended_use=config.intended_use, limitations=config.limitations,
+        )
+        card_path = folder / "model_card.md"
+        card_path.write_text(card, encoding="utf-8")
+        data.write_json(str(folder / "lineage.json"), lineage)
+        mlflow_client.log_artifact(run_id, str(card_path))
+        mlflow_client.log_artifact(run_id, str(folder / "lineage.json"))
+    mlflow_client.update_model_version(
+        name, version, description=modelcard.as_description(card, f"artifact model_card.md of run {run_id}"))
     return version
 
 
@@ -182,94 +308,138 @@ class PromoteConfig:
     approved_by: str = field("", help="who approved the promotion (default: $LLMOPS_ACTOR or the OS user)")
     comment: str = field("", help="why: the approval comment, recorded on the version")
     model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
+    lock_timeout: float = field(120.0, help="seconds to wait for another alias move of this model to finish")
 
     def __post_init__(self) -> None:
         self.model_name = self.model_name or settings.model_name()
         self.version = str(self.version).strip()
+        self.expected_production = str(self.expected_production).strip()
+        require(self.lock_timeout >= 0, f"registry promote: lock_timeout must be 0 or more, got {self.lock_timeout}")
 
 
 def promote(config: PromoteConfig) -> dict:
+    """Move ``production`` to a gated version: compare-and-set against ``expected_production``."""
     mlflow_client = tracking.client()
     name = config.model_name
-    aliases = alias_versions(name, mlflow_client)
-    version = config.version or aliases.get(STAGING, "")
+    version = config.version or alias_versions(name, mlflow_client).get(STAGING, "")
     if not version:
         raise StepFailed(f"registry promote: no version given and no '{STAGING}' alias on {name}")
-    mv = mlflow_client.get_model_version(name, version)
-    if (mv.tags or {}).get("llmops.gate_passed") != "true":
-        raise StepFailed(f"registry promote: {name} v{version} has no passed gate decision; it cannot reach production")
-    current = aliases.get(PRODUCTION, "")
-    if current == version:
-        return {"model_name": name, "version": version, "changed": False, "aliases": _aliases_of(name, version, mlflow_client)}
-    if config.expected_production:
+    mv = _model_version(name, version, mlflow_client, "promote")
+    tags = mv.tags or {}
+    if tags.get("llmops.gate_passed") != "true":
+        raise StepFailed(f"registry promote: {name} v{version} has no passed gate decision; it cannot reach production",
+                         {"model_name": name, "version": version, "changed": False})
+    if tags.get("llmops.approval") == "rejected":
+        raise StepFailed(f"registry promote: {name} v{version} was rejected by {tags.get('llmops.approval_by', '?')} "
+                         f"({tags.get('llmops.approval_comment', '')}); it cannot reach production",
+                         {"model_name": name, "version": version, "changed": False})
+    ctx = RunContext.from_env()
+    run = _run_label(ctx)
+    actor = _actor(config.approved_by)
+    gate = {"passed": True, "reason": tags.get("llmops.gate_reason", "")}
+    with audit.registry_lock(name, mlflow_client, holder=f"promote v{version} by {actor} in {run}",
+                             timeout_s=config.lock_timeout):
+        aliases = alias_versions(name, mlflow_client)
+        current = aliases.get(PRODUCTION, "")
+        if current == version:
+            if tags.get("llmops.promoted_in_run") == run:  # a retry: make sure its audit line exists
+                _record(name, mlflow_client, "promoted", version, (run,), actor=tags.get("llmops.promoted_by", actor),
+                        comment=tags.get("llmops.promotion_comment", ""), replaced=tags.get("llmops.replaced_version", ""),
+                        gate=gate)
+            return {"model_name": name, "version": version, "changed": False,
+                    "aliases": _aliases_of(name, version, mlflow_client)}
         expected = "" if config.expected_production.lower() == "none" else config.expected_production
-        if current != expected:
+        if config.expected_production and current != expected:
+            _record(name, mlflow_client, "promotion_refused", version, (run, current), actor=actor,
+                    production=current or "none", expected_production=expected or "none", gate=gate)
             raise StepFailed(
                 f"registry promote: production is v{current or 'none'} but the gate of v{version} compared against "
                 f"v{expected or 'none'}; refusing to replace a newer champion with a stale candidate",
                 {"model_name": name, "version": version, "changed": False, "production": current},
             )
-    actor = _actor(config.approved_by)
-    if current:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
-        _set_tags(name, current, {"llmops.replaced_at": _now(), "llmops.replaced_by_version": version}, mlflow_client)
-    mlflow_client.set_registered_model_alias(name, PRODUCTION, version)
-    ctx = RunContext.from_env()
-    _set_tags(name, version, {
-        "llmops.promoted_by": actor,
-        "llmops.promoted_at": _now(),
-        "llmops.promotion_comment": config.comment,
-        "llmops.promoted_in_run": f"{ctx.dag_id}/{ctx.run_id}" if ctx.run_id else "cli",
-        "llmops.replaced_version": current or "none",
-    }, mlflow_client)
+        # Tags first: a crash after them and before the alias move is finished by the retry.
+        _set_tags(name, version, {
+            "llmops.promoted_by": actor,
+            "llmops.promoted_at": _now(),
+            "llmops.promotion_comment": config.comment,
+            "llmops.promoted_in_run": run,
+            "llmops.replaced_version": current or "none",
+        }, mlflow_client)
+        if current:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
+            _set_tags(name, current, {"llmops.replaced_at": _now(), "llmops.replaced_by_version": version},
+                      mlflow_client)
+        mlflow_client.set_registered_model_alias(name, PRODUCTION, version)
+        _record(name, mlflow_client, "promoted", version, (run,), actor=actor, comment=config.comment,
+                replaced=current or "none", aliases_before=aliases, gate=gate)
     return {"model_name": name, "version": version, "changed": True, "replaced": current,
             "aliases": _aliases_of(name, version, mlflow_client)}
 
 
-def record_approval(version: str, *, approved: bool, by: str, comment: str = "", model_name: str = "") -> None:
-    """Record an approval decision (or its waiver) on the version, before any alias moves."""
+def record_approval(version: str, *, approved: bool, by: str, comment: str = "", model_name: str = "") -> dict:
+    """Record an approval decision (or its waiver) on the version and in the audit log; moves no alias."""
     name = model_name or settings.model_name()
+    mlflow_client = tracking.client()
     ctx = RunContext.from_env()
-    _set_tags(name, version, {
-        "llmops.approval": "approved" if approved else "rejected",
-        "llmops.approval_by": _actor(by),
-        "llmops.approval_at": _now(),
-        "llmops.approval_comment": comment,
-        "llmops.approval_run": f"{ctx.dag_id}/{ctx.run_id}" if ctx.run_id else "cli",
-    }, tracking.client())
+    decision = "approved" if approved else "rejected"
+    actor = _actor(by)
+    _model_version(name, str(version), mlflow_client, "approval")
+    with _lock(name, mlflow_client, decision):
+        _set_tags(name, str(version), {
+            "llmops.approval": decision,
+            "llmops.approval_by": actor,
+            "llmops.approval_at": _now(),
+            "llmops.approval_comment": comment,
+            "llmops.approval_run": _run_label(ctx),
+        }, mlflow_client)
+        _record(name, mlflow_client, decision, str(version), (_run_label(ctx),), actor=actor, comment=comment,
+                production=alias_versions(name, mlflow_client).get(PRODUCTION, "none"))
+    return {"model_name": name, "version": str(version), "approval": decision, "by": actor}
 
 
 @dataclass
 class RollbackConfig:
     to_version: str = field("", help="version to put back in production (default: 'previous-production')")
-    reason: str = field("", help="why: recorded on both versions")
+    reason: str = field("", help="why: recorded on both versions and in the audit log")
     actor: str = field("", help="who rolled back (default: $LLMOPS_ACTOR or the OS user)")
     model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
+    lock_timeout: float = field(120.0, help="seconds to wait for another alias move of this model to finish")
 
     def __post_init__(self) -> None:
         self.model_name = self.model_name or settings.model_name()
-        self.to_version = str(self.to_version).strip()
+        self.to_version = str(self.to_version).strip().removeprefix("v")
+        require(self.lock_timeout >= 0, f"registry rollback: lock_timeout must be 0 or more, got {self.lock_timeout}")
 
 
 def rollback(config: RollbackConfig) -> dict:
+    """Put ``to_version`` (default ``previous-production``) back in production; the replaced one becomes previous."""
     mlflow_client = tracking.client()
     name = config.model_name
-    aliases = alias_versions(name, mlflow_client)
-    target = config.to_version or aliases.get(PREVIOUS, "")
-    if not target:
-        raise StepFailed(f"registry rollback: {name} has no '{PREVIOUS}' alias and no --to-version was given")
-    current = aliases.get(PRODUCTION, "")
-    if current == target:
-        return {"model_name": name, "version": target, "changed": False}
     actor = _actor(config.actor)
-    mlflow_client.set_registered_model_alias(name, PRODUCTION, target)
-    if current:
-        mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
-        _set_tags(name, current, {"llmops.rolled_back_at": _now(), "llmops.rolled_back_by": actor,
-                                  "llmops.rollback_reason": config.reason}, mlflow_client)
-    _set_tags(name, target, {"llmops.restored_at": _now(), "llmops.restored_by": actor,
-                             "llmops.restore_reason": config.reason, "llmops.replaced_version": current or "none"},
-              mlflow_client)
+    run = _run_label(RunContext.from_env())
+    with audit.registry_lock(name, mlflow_client, holder=f"rollback by {actor} in {run}", timeout_s=config.lock_timeout):
+        aliases = alias_versions(name, mlflow_client)
+        target = config.to_version or aliases.get(PREVIOUS, "")
+        if not target:
+            raise StepFailed(f"registry rollback: {name} has no '{PREVIOUS}' alias and no --to-version was given",
+                             {"model_name": name, "changed": False})
+        tags = _model_version(name, target, mlflow_client, "rollback").tags or {}
+        if tags.get("llmops.gate_passed") != "true":
+            raise StepFailed(f"registry rollback: {name} v{target} has no passed gate decision; it cannot reach "
+                             "production", {"model_name": name, "version": target, "changed": False})
+        current = aliases.get(PRODUCTION, "")
+        if current == target:
+            return {"model_name": name, "version": target, "changed": False}
+        _set_tags(name, target, {"llmops.restored_at": _now(), "llmops.restored_by": actor,
+                                 "llmops.restore_reason": config.reason, "llmops.restored_in_run": run,
+                                 "llmops.replaced_version": current or "none"}, mlflow_client)
+        mlflow_client.set_registered_model_alias(name, PRODUCTION, target)
+        if current:
+            mlflow_client.set_registered_model_alias(name, PREVIOUS, current)
+            _set_tags(name, current, {"llmops.rolled_back_at": _now(), "llmops.rolled_back_by": actor,
+                                      "llmops.rollback_reason": config.reason}, mlflow_client)
+        _record(name, mlflow_client, "rolled_back", target, (run, current, _now()), actor=actor,
+                reason=config.reason, replaced=current or "none", aliases_before=aliases)
     return {"model_name": name, "version": target, "changed": True, "replaced": current}
 
 
@@ -280,6 +450,16 @@ class StatusConfig:
 
     def __post_init__(self) -> None:
         self.model_name = self.model_name or settings.model_name()
+
+
+def _without_credentials(uri: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        parts = parts._replace(netloc=host + (f":{parts.port}" if parts.port else ""))
+    return urlunsplit(parts)
 
 
 def status(config: StatusConfig) -> dict:
@@ -294,9 +474,13 @@ def status(config: StatusConfig) -> dict:
             "dag_run": tags.get("llmops.source_run", ""),
             "metrics": {k.removeprefix("metric."): v for k, v in tags.items() if k.startswith("metric.")},
             "promoted_by": tags.get("llmops.promoted_by", ""),
+            "approval": tags.get("llmops.approval", ""),
         }
-    return {"model_name": config.model_name, "tracking_uri": settings.tracking_uri(), "aliases": aliases,
-            "versions": versions}
+    events = audit.AuditLog(config.model_name, mlflow_client).events() if aliases else []
+    last = events[-1] if events else {}
+    return {"model_name": config.model_name, "tracking_uri": _without_credentials(settings.tracking_uri()),
+            "aliases": aliases, "versions": versions, "audit_events": len(events),
+            "last_event": {k: last[k] for k in ("at", "action", "version", "actor") if k in last}}
 
 
 def render_status(result: dict) -> str:
@@ -309,6 +493,10 @@ def render_status(result: dict) -> str:
             info = result["versions"][version]
             metrics = ", ".join(f"{k}={v}" for k, v in sorted(info["metrics"].items()))
             lines.append(f"  {alias:<20} v{version}  {info['dag_run']}  {metrics}")
+    last = result.get("last_event")
+    if last:
+        lines.append(f"  last move: {last.get('action')} v{last.get('version')} by {last.get('actor')} at "
+                     f"{last.get('at')} ({result['audit_events']} audit events)")
     return "\n".join(lines)
 
 

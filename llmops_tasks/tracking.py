@@ -21,15 +21,28 @@ TAG_VERSION = "llmops.package_version"
 
 
 def client():
+    """A client for the configured tracking and registry URIs; also sets MLflow's fluent defaults.
+
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` also write their URI into ``os.environ``;
+    that is undone here, so a URI derived from defaults is not pinned for the rest of the process
+    and does not leak into the subprocesses it starts.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = settings.tracking_uri()
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
+    registry = os.environ.get("MLFLOW_REGISTRY_URI") or uri
+    before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", uri))
-    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI", uri))
+    mlflow.set_registry_uri(registry)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 
 def experiment_id(mlflow_client=None) -> str:

@@ -1,33 +1,101 @@
 """Stop bad data at the door: check a data set against a Great Expectations suite before training.
 
-The suite is built in code per kind of data set (preference, sft, eval) and run with a real,
-ephemeral GX context on a pandas DataFrame. Every row carries an ``id`` (its own, or ``line N``
-when it has none), so a failed rule names the rows that broke it. Conversational rows (message
-lists instead of strings) are flattened to their text first, so the same rules apply to both
-forms. The report ``validation.json`` lists every rule; an invalid data set raises
-:class:`StepFailed` (CLI exit code 1) with a message naming each failed rule and sample row ids.
+A data set is read in chunks (``chunk_rows`` at a time), so a million rows validate in bounded
+memory. Each chunk becomes a table of per-row measurements (text type, characters, tokens of the
+configured tokenizer, blank, control characters, invalid UTF-8, PII kinds found, repeats of an
+earlier row, prompt, id or pair, overlap with the ``against`` data set) and the suite checks that
+table with a real GX context, one batch per chunk; counts and row ids are added up over the
+chunks. Measuring in Python and letting GX check numbers keeps GX off the raw text, which it
+would fingerprint and convert column by column (several times slower on long text). Statistics
+of the whole data set (row count, columns present, prompt duplication rate, chosen-vs-rejected
+length bias) are computed while streaming and reported alongside the GX rules.
 
-great_expectations and pandas are imported inside functions: ``llmops --help`` must stay fast.
+Every rule has a severity (``block`` or ``warn``) and a ``mostly`` threshold from the config.
+Blocking failures raise :class:`StepFailed` (CLI exit code 1) naming each rule, its count and
+sample row ids; every row that broke a row rule is written to ``quarantine.jsonl`` with the rules
+it broke. ``validation.json`` lists every rule; GX Data Docs (HTML) are built under
+``{report_dir}/gx`` for local report folders. Every row carries an ``id`` (its own, or ``line N``
+/ ``row N``), and conversational rows are flattened to their text first, so the same rules apply
+to both forms.
+
+great_expectations, pandas and transformers are imported inside functions: ``llmops --help``
+must stay fast, and transformers only loads when a tokenizer is configured.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+import hashlib
+import json
+import os
+import re
+import shutil
+import unicodedata
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
-from llmops_tasks import data
-from llmops_tasks.config import field, require
+from llmops_tasks import data, pii
+from llmops_tasks.config import ConfigError, field, require
 from llmops_tasks.errors import StepFailed
 from llmops_tasks.settings import RunContext
 
 # Columns holding text (a string, or a list of {role, content} messages) that the rules check.
 TEXT_COLUMNS = ("prompt", "chosen", "rejected", "completion", "reference", "messages")
-# Derived columns the suite reads; the double underscore keeps them apart from data columns.
+# Measurement columns are named ``{column}__{measure}``; the double underscore keeps them apart
+# from data columns.
 TYPE_SUFFIX = "__type"
 PAIR_EQUAL_COLUMN = "chosen_equals_rejected__derived"
 ALLOWED_TYPES = ("text", "messages")
 MESSAGE_SAMPLE = 5  # row ids named per failed rule in the error message
 REPORT_SAMPLE = 100  # row ids kept per rule in validation.json
+SEVERITIES = ("block", "warn")
+
+# Rule families: a rule is named ``{column}_{family}`` for per-column rules, else by its family.
+# ``severity`` and ``mostly`` settings take a family (all columns) or an exact rule name.
+COLUMN_FAMILIES = ("present", "not_null", "is_text", "not_blank", "length", "tokens", "valid_utf8",
+                   "no_control_chars")
+ROW_FAMILIES = ("no_pii", "id_unique", "no_duplicate_rows", "no_normalized_duplicates",
+                "chosen_differs_from_rejected", "prompt_not_in_against", "prompt_not_in_against_normalized")
+DATASET_FAMILIES = ("row_count", "prompt_duplication", "length_bias")
+FAMILIES = COLUMN_FAMILIES + ROW_FAMILIES + DATASET_FAMILIES
+# Statistics that describe rather than condemn: reported, but a run goes on unless told otherwise.
+DEFAULT_SEVERITY = {"no_normalized_duplicates": "warn", "prompt_duplication": "warn", "length_bias": "warn"}
+
+# C0 controls except tab, newline and carriage return, DEL, and C1 controls.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Lone surrogates (JSON \ud800 escapes) cannot be encoded as UTF-8; U+FFFD marks text that was
+# already decoded with errors upstream.
+_BAD_UTF8 = re.compile("[\ud800-\udfff\ufffd]")
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def _family_of(rule: str) -> str:
+    if rule in FAMILIES:
+        return rule
+    for family in COLUMN_FAMILIES:
+        if rule.endswith("_" + family) and rule[: -len(family) - 1] in TEXT_COLUMNS:
+            return family
+    return rule
+
+
+def _share(where: str, value: Any) -> float:
+    """A value from 0 to 1 (YAML gives a number, ``--set`` gives text)."""
+    try:
+        share = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        share = -1.0
+    require(0.0 <= share <= 1.0, f"{where}: expected a share from 0 to 1, got {value!r}")
+    return share
+
+
+def _check_rule_keys(setting: str, mapping: dict[str, Any]) -> None:
+    for key in mapping:
+        require(
+            _family_of(str(key)) in FAMILIES,
+            f"{setting}: unknown rule {key!r}; use a rule family ({', '.join(FAMILIES)}) "
+            f"or an exact rule name such as prompt_not_blank",
+        )
 
 
 @dataclasses.dataclass
@@ -38,12 +106,35 @@ class ValidateConfig:
     kind: Literal["preference", "sft", "eval"] = field(
         "preference", help="kind of data set; decides the required columns and rules"
     )
-    report_dir: str = field("", help="folder for validation.json (default: the run's validate step folder)")
+    report_dir: str = field("", help="folder for validation.json, quarantine.jsonl and Data Docs "
+                                     "(default: the run's validate step folder)")
+    against: str = field("", help="data set whose prompts must not appear here (e.g. the eval split): "
+                                  "contamination check, exact and normalized; empty = no check")
     min_rows: int = field(1, help="fewest rows the data set may have")
     max_rows: int = field(0, help="most rows the data set may have; 0 = no limit")
     min_chars: int = field(1, help="fewest characters a text field may have (message lists: their joined content)")
     max_chars: int = field(20000, help="most characters a text field may have (message lists: their joined content)")
+    tokenizer: str = field("", help="tokenizer folder or name for token lengths (AutoTokenizer); "
+                                    "empty = whitespace-separated words")
+    min_tokens: int = field(0, help="fewest tokens a text field may have; 0 = no lower bound")
+    max_tokens: int = field(0, help="most tokens a text field may have; 0 = no token rule")
     check_duplicates: bool = field(True, help="fail on rows repeating an earlier row's prompt and response text")
+    pii_kinds: list[str] = field(default_factory=lambda: list(pii.KINDS),
+                                 help=f"kinds of personal data and secrets to look for ({', '.join(pii.KINDS)}); "
+                                      "empty = no PII rule")
+    max_prompt_duplication: float = field(
+        0.5, help="largest share of rows whose prompt repeats an earlier row's (0 to 1)")
+    max_chosen_longer_share: float = field(
+        0.95, help="length bias limit: largest share of pairs whose chosen answer is longer than the rejected one")
+    severity: dict[str, str] = field(
+        default_factory=dict,
+        help="block | warn per rule family or exact rule name, e.g. {no_pii: warn}; "
+             f"defaults: block, except {', '.join(f'{k}={v}' for k, v in DEFAULT_SEVERITY.items())}")
+    mostly: dict[str, float] = field(
+        default_factory=dict,
+        help="share of rows (0 to 1) that must pass a row rule, per family or exact rule name; default 1.0")
+    chunk_rows: int = field(50_000, help="rows read and checked at a time; bounds memory for large data sets")
+    data_docs: bool = field(True, help="build Great Expectations Data Docs (HTML) under {report_dir}/gx")
 
     def __post_init__(self) -> None:
         require(
@@ -62,9 +153,33 @@ class ValidateConfig:
             self.max_chars >= max(self.min_chars, 1),
             f"max_chars: expected at least min_chars ({self.min_chars}) and 1, got {self.max_chars}",
         )
+        require(self.min_tokens >= 0, f"min_tokens: expected 0 or more, got {self.min_tokens}")
+        require(
+            self.max_tokens == 0 or self.max_tokens >= self.min_tokens,
+            f"max_tokens: expected 0 (no limit) or at least min_tokens ({self.min_tokens}), got {self.max_tokens}",
+        )
+        unknown = sorted(set(self.pii_kinds) - set(pii.KINDS))
+        require(not unknown, f"pii_kinds: unknown kind(s) {unknown}; known kinds are {list(pii.KINDS)}")
+        for name in ("max_prompt_duplication", "max_chosen_longer_share"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"{name}: expected a share from 0 to 1, got {value}")
+        _check_rule_keys("severity", self.severity)
+        for key, value in self.severity.items():
+            require(value in SEVERITIES, f"severity.{key}: expected one of {list(SEVERITIES)}, got {value!r}")
+        _check_rule_keys("mostly", self.mostly)
+        self.mostly = {key: _share(f"mostly.{key}", value) for key, value in self.mostly.items()}
+        require(self.chunk_rows >= 1, f"chunk_rows: expected 1 or more, got {self.chunk_rows}")
+
+    def severity_of(self, rule: str) -> str:
+        family = _family_of(rule)
+        return self.severity.get(rule) or self.severity.get(family) or DEFAULT_SEVERITY.get(family, "block")
+
+    def mostly_of(self, rule: str) -> float:
+        value = self.mostly.get(rule, self.mostly.get(_family_of(rule), 1.0))
+        return float(value)
 
 
-# --- turning records into a checkable table ---------------------------------------------------
+# --- turning records into text ----------------------------------------------------------------
 
 
 def _message_text(messages: list) -> str | None:
@@ -105,8 +220,6 @@ def flatten_text(value: Any) -> tuple[str | None, str | None]:
 
 
 def _printable(value: Any) -> str:
-    import json
-
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
@@ -130,112 +243,272 @@ def checked_columns(kind: str, columns: set[str]) -> tuple[tuple[str, ...], tupl
     return required, optional
 
 
-def to_frame(records: list[dict[str, Any]], text_columns: tuple[str, ...], id_label: str = "line"):
-    """The table GX checks: ``id``, flattened text columns, their types and derived pair columns."""
+def normalize(text: str) -> str:
+    """The form two texts share when they differ only in case, spacing, punctuation or Unicode form."""
+    if not text.isascii():  # NFKC leaves ASCII as it is; skipping it halves the cost on most text
+        text = unicodedata.normalize("NFKC", text)
+    return _NON_WORD.sub(" ", text.casefold()).strip()
+
+
+def digest(*parts: str | None) -> bytes:
+    """8 bytes per key: a million rows' duplicate sets stay in tens of megabytes."""
+    joined = "\x1f".join("\x00" if p is None else p for p in parts)
+    return hashlib.blake2b(joined.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+def token_counter(tokenizer: str) -> Callable[[list[str]], list[int]]:
+    """Token counts for a batch of texts: the configured tokenizer's, else whitespace words."""
+    if not tokenizer:
+        return lambda texts: [len(t.split()) for t in texts]
+    try:
+        from transformers import AutoTokenizer
+
+        loaded = AutoTokenizer.from_pretrained(tokenizer)
+    except Exception as exc:  # a missing folder or hub name raises one of many types
+        raise ConfigError(f"tokenizer: cannot load {tokenizer!r} ({type(exc).__name__}: {exc})") from exc
+
+    def count(texts: list[str]) -> list[int]:
+        safe = [t.encode("utf-8", "replace").decode("utf-8") for t in texts]
+        return [len(ids) for ids in loaded(safe, add_special_tokens=False)["input_ids"]]
+
+    return count
+
+
+# --- the measurement table GX checks ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Seen:
+    """What earlier chunks left behind: digests of rows, prompts and ids, and running totals."""
+
+    rows: set = dataclasses.field(default_factory=set)
+    normalized_rows: set = dataclasses.field(default_factory=set)
+    prompts: set = dataclasses.field(default_factory=set)
+    ids: set = dataclasses.field(default_factory=set)
+    against_exact: set = dataclasses.field(default_factory=set)
+    against_normalized: set = dataclasses.field(default_factory=set)
+    row_count: int = 0
+    repeated_prompts: int = 0
+    pairs: int = 0
+    chosen_longer: int = 0
+    same_length: int = 0
+    chosen_chars: int = 0
+    rejected_chars: int = 0
+    pii_hits: Counter = dataclasses.field(default_factory=Counter)
+
+
+def measure(records: list[dict[str, Any]], text_columns: tuple[str, ...], key_columns: tuple[str, ...],
+            config: ValidateConfig, seen: Seen, count_tokens: Callable[[list[str]], list[int]],
+            id_label: str, offset: int):
+    """One row per record: its id, position, and what each rule needs to know about it."""
     import pandas as pd
 
-    table: dict[str, list] = {"id": [row_id(r, id_label) for r in records]}
+    n = len(records)
+    table: dict[str, list] = {"id": [row_id(r, id_label) for r in records], "row": list(range(offset, offset + n))}
+    texts: dict[str, list[str | None]] = {}
     for column in text_columns:
-        texts, types = [], []
+        values, kinds = [], []
         for record in records:
             text, kind = flatten_text(record.get(column))
-            texts.append(text)
-            types.append(kind)
-        table[column] = texts
-        table[column + TYPE_SUFFIX] = types
-    if "chosen" in table and "rejected" in table:
-        table[PAIR_EQUAL_COLUMN] = [
-            None if c is None or r is None else c == r for c, r in zip(table["chosen"], table["rejected"])
-        ]
-    return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in table.items()})
+            values.append(text)
+            kinds.append(kind)
+        texts[column] = values
+        present = [i for i, t in enumerate(values) if t is not None]
+        tokens: list[int | None] = [None] * n
+        if config.max_tokens or config.min_tokens:
+            for i, count in zip(present, count_tokens([values[i] for i in present])):
+                tokens[i] = count
+        table[column + TYPE_SUFFIX] = kinds
+        table[column + "__chars"] = [None if t is None else len(t) for t in values]
+        table[column + "__tokens"] = tokens
+        table[column + "__blank"] = [None if t is None else not t.strip() for t in values]
+        table[column + "__control_chars"] = [None if t is None else _CONTROL.search(t) is not None for t in values]
+        table[column + "__valid_utf8"] = [None if t is None else _BAD_UTF8.search(t) is None for t in values]
+
+    if config.pii_kinds:
+        found: list[str | None] = []
+        for i in range(n):
+            hits = []
+            for column in text_columns:
+                text = texts[column][i]
+                if text is not None:
+                    kinds = pii.kinds_in(text, config.pii_kinds)
+                    seen.pii_hits.update(kinds)
+                    hits.extend(f"{column}:{kind}" for kind in kinds)
+            found.append(", ".join(hits) or None)
+        table["pii__found"] = found
+
+    # Always present (None for rows without an id), so every chunk's table has the same columns.
+    repeats = []
+    for record in records:
+        value = record.get("id")
+        if value is None:
+            repeats.append(None)
+            continue
+        key = digest(str(value))
+        repeats.append(key in seen.ids)
+        seen.ids.add(key)
+    table["id__repeats"] = repeats
+
+    if key_columns and config.check_duplicates:
+        exact, near = [], []
+        for i in range(n):
+            parts = [texts[c][i] for c in key_columns]
+            key = digest(*parts)
+            normalized_key = digest(*(None if p is None else normalize(p) for p in parts))
+            is_exact = key in seen.rows
+            exact.append(is_exact)
+            near.append(not is_exact and normalized_key in seen.normalized_rows)
+            seen.rows.add(key)
+            seen.normalized_rows.add(normalized_key)
+        table["row__duplicate"] = exact
+        table["row__normalized_duplicate"] = near
+
+    if "prompt" in texts:
+        in_exact, in_normalized = [], []
+        for prompt in texts["prompt"]:
+            if prompt is None:
+                in_exact.append(None)
+                in_normalized.append(None)
+                continue
+            key = digest(prompt)
+            if key in seen.prompts:
+                seen.repeated_prompts += 1
+            seen.prompts.add(key)
+            if seen.against_exact or seen.against_normalized:
+                exact_hit = key in seen.against_exact
+                in_exact.append(exact_hit)
+                in_normalized.append(not exact_hit and digest(normalize(prompt)) in seen.against_normalized)
+        if seen.against_exact or seen.against_normalized:
+            table["prompt__in_against"] = in_exact
+            table["prompt__in_against_normalized"] = in_normalized
+
+    if "chosen" in texts and "rejected" in texts:
+        equal = []
+        for chosen, rejected in zip(texts["chosen"], texts["rejected"]):
+            if chosen is None or rejected is None:
+                equal.append(None)
+                continue
+            equal.append(chosen == rejected)
+            seen.pairs += 1
+            seen.chosen_longer += len(chosen) > len(rejected)
+            seen.same_length += len(chosen) == len(rejected)
+            seen.chosen_chars += len(chosen)
+            seen.rejected_chars += len(rejected)
+        table[PAIR_EQUAL_COLUMN] = equal
+    seen.row_count += n
+
+    frame = {}
+    for name, values in table.items():
+        if name == "row":
+            frame[name] = pd.Series(values, dtype="int64")
+        elif name.endswith(("__chars", "__tokens")):
+            # float64 with NaN for missing: GX compares numpy numbers vectorized, others row by row.
+            frame[name] = pd.Series([float("nan") if v is None else v for v in values], dtype="float64")
+        else:
+            frame[name] = pd.Series(values, dtype=object)
+    return pd.DataFrame(frame)
 
 
 # --- the suite -------------------------------------------------------------------------------
 
 
-def build_suite(config: ValidateConfig, columns: set[str], name: str = "llmops"):
-    """The Expectation Suite for one data set; each expectation's ``meta.rule`` is the rule name."""
+def build_suite(config: ValidateConfig, text_columns: tuple[str, ...], frame_columns: set[str],
+                name: str = "llmops"):
+    """The Expectation Suite over the measurement table; each expectation's ``meta.rule`` is its rule."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    required, optional = checked_columns(config.kind, columns)
     rules: list[Any] = []
 
     def add(rule: str, expectation: Any) -> None:
-        expectation.meta = {"rule": rule}
+        expectation.meta = {"rule": rule, "severity": config.severity_of(rule), "mostly": config.mostly_of(rule)}
         rules.append(expectation)
 
-    add("row_count", gxe.ExpectTableRowCountToBeBetween(min_value=config.min_rows, max_value=config.max_rows or None))
-    for column in required:
-        add(f"{column}_present", gxe.ExpectColumnToExist(column=column))
-    for column in required + optional:
-        if column not in columns:
+    for column in text_columns:
+        add(f"{column}_not_null", gxe.ExpectColumnValuesToNotBeNull(column=column + TYPE_SUFFIX))
+        add(f"{column}_is_text",
+            gxe.ExpectColumnValuesToBeInSet(column=column + TYPE_SUFFIX, value_set=list(ALLOWED_TYPES)))
+        add(f"{column}_not_blank", gxe.ExpectColumnValuesToBeInSet(column=column + "__blank", value_set=[False]))
+        add(f"{column}_length", gxe.ExpectColumnValuesToBeBetween(
+            column=column + "__chars", min_value=config.min_chars, max_value=config.max_chars))
+        if config.max_tokens or config.min_tokens:
+            add(f"{column}_tokens", gxe.ExpectColumnValuesToBeBetween(
+                column=column + "__tokens", min_value=config.min_tokens, max_value=config.max_tokens or None))
+        add(f"{column}_valid_utf8", gxe.ExpectColumnValuesToBeInSet(column=column + "__valid_utf8", value_set=[True]))
+        add(f"{column}_no_control_chars",
+            gxe.ExpectColumnValuesToBeInSet(column=column + "__control_chars", value_set=[False]))
+    checks = (
+        ("no_pii", "pii__found", None),
+        ("id_unique", "id__repeats", [False]),
+        ("no_duplicate_rows", "row__duplicate", [False]),
+        ("no_normalized_duplicates", "row__normalized_duplicate", [False]),
+        ("chosen_differs_from_rejected", PAIR_EQUAL_COLUMN, [False]),
+        ("prompt_not_in_against", "prompt__in_against", [False]),
+        ("prompt_not_in_against_normalized", "prompt__in_against_normalized", [False]),
+    )
+    for rule, column, allowed in checks:
+        if column not in frame_columns:
             continue
-        add(f"{column}_not_null", gxe.ExpectColumnValuesToNotBeNull(column=column))
-        add(
-            f"{column}_is_text",
-            gxe.ExpectColumnValuesToBeInSet(column=column + TYPE_SUFFIX, value_set=list(ALLOWED_TYPES)),
-        )
-        add(f"{column}_not_blank", gxe.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"))
-        add(
-            f"{column}_length",
-            gxe.ExpectColumnValueLengthsToBeBetween(
-                column=column, min_value=config.min_chars, max_value=config.max_chars
-            ),
-        )
-    if "id" in columns:
-        add("id_unique", gxe.ExpectColumnValuesToBeUnique(column="id"))
-    if config.check_duplicates and all(c in columns for c in required):
-        if len(required) == 1:
-            add("no_duplicate_rows", gxe.ExpectColumnValuesToBeUnique(column=required[0]))
+        if allowed is None:
+            add(rule, gxe.ExpectColumnValuesToBeNull(column=column))
         else:
-            add("no_duplicate_rows", gxe.ExpectCompoundColumnsToBeUnique(column_list=list(required)))
-    if "chosen" in columns and "rejected" in columns:
-        # GX has no "pair not equal" expectation: the derived boolean column must be all False.
-        add(
-            "chosen_differs_from_rejected",
-            gxe.ExpectColumnValuesToBeInSet(column=PAIR_EQUAL_COLUMN, value_set=[False]),
-        )
+            # GX has no "row differs from earlier rows" expectation across batches: the measured
+            # boolean column must be all False.
+            add(rule, gxe.ExpectColumnValuesToBeInSet(column=column, value_set=allowed))
     return gx.ExpectationSuite(name=name, expectations=rules)
 
 
-def _context():
+def _context(docs_root: str | None):
+    """An ephemeral GX context; with ``docs_root``, its stores and Data Docs site live there."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
+        FilesystemStoreBackendDefaults,
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
     )
 
+    stores = FilesystemStoreBackendDefaults(root_directory=docs_root) if docs_root else InMemoryStoreBackendDefaults()
     project = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        store_backend_defaults=stores,
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
     )
     return gx.get_context(project_config=project, mode="ephemeral")
 
 
-def run_suite(frame, suite) -> Any:
-    """Run ``suite`` on ``frame`` through a datasource, batch definition and validation definition."""
-    import great_expectations as gx
+class SuiteRunner:
+    """One GX context, suite and validation definition; :meth:`run` checks one chunk."""
 
-    context = _context()
-    batch = (
-        context.data_sources.add_pandas("llmops")
-        .add_dataframe_asset("dataset")
-        .add_batch_definition_whole_dataframe("whole")
-    )
-    suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name="validate", data=batch, suite=suite))
-    return definition.run(
-        batch_parameters={"dataframe": frame},
-        result_format={
-            "result_format": "COMPLETE",
-            "unexpected_index_column_names": ["id"],
-            "partial_unexpected_count": MESSAGE_SAMPLE,
-            "return_unexpected_index_query": False,
-        },
-    )
+    RESULT_FORMAT: ClassVar[dict[str, Any]] = {
+        "result_format": "COMPLETE",
+        "unexpected_index_column_names": ["id", "row"],
+        "partial_unexpected_count": MESSAGE_SAMPLE,
+        "return_unexpected_index_query": False,
+    }
+
+    def __init__(self, suite, docs_root: str | None = None):
+        import great_expectations as gx
+
+        self.context = _context(docs_root)
+        batch = (
+            self.context.data_sources.add_pandas("llmops")
+            .add_dataframe_asset("dataset")
+            .add_batch_definition_whole_dataframe("chunk")
+        )
+        suite = self.context.suites.add(suite)
+        self.definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name="validate", data=batch, suite=suite))
+
+    def run(self, frame):
+        return self.definition.run(batch_parameters={"dataframe": frame}, result_format=self.RESULT_FORMAT)
+
+    def build_docs(self) -> str | None:
+        self.context.build_data_docs()
+        urls = self.context.get_docs_sites_urls()
+        url = urls[0]["site_url"] if urls else None
+        return url.removeprefix("file://") if url else None
 
 
 def _exception_message(info: Any) -> str | None:
@@ -253,61 +526,78 @@ def _exception_message(info: Any) -> str | None:
 def _short(value: Any, limit: int = 120) -> Any:
     if isinstance(value, str) and len(value) > limit:
         return value[:limit] + "…"
-    if isinstance(value, dict):
-        return {k: _short(v, limit) for k, v in value.items()}
     return value
 
 
-def summarize(validation: Any, order: list[str]) -> list[dict[str, Any]]:
-    """One entry per rule, in the suite's order: success, unexpected count, sample row ids."""
-    by_rule = {}
-    for outcome in validation.results:
-        config = outcome.expectation_config
-        rule = (config.meta or {}).get("rule", config.type)
-        result = outcome.result or {}
-        error = _exception_message(outcome.exception_info)
-        ids: list[str] = []
-        for item in result.get("unexpected_index_list") or []:
-            if isinstance(item, dict) and "id" in item:
-                ids.append(str(item["id"]))
-        entry: dict[str, Any] = {
-            "rule": rule,
-            "expectation": config.type,
-            "kwargs": {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)},
-            "success": bool(outcome.success) and error is None,
-        }
-        if "unexpected_count" in result:
-            entry["unexpected_count"] = int(result["unexpected_count"])
-            entry["unexpected_percent"] = round(float(result.get("unexpected_percent") or 0.0), 4)
-            entry["sample_ids"] = ids[:REPORT_SAMPLE]
-            entry["sample_values"] = [_short(v) for v in (result.get("partial_unexpected_list") or [])[:MESSAGE_SAMPLE]]
-        if "observed_value" in result:
-            entry["observed_value"] = result["observed_value"]
-        if error:
-            entry["error"] = error
-        by_rule[rule] = entry
-    ordered = [by_rule.pop(rule) for rule in order if rule in by_rule]
-    return ordered + list(by_rule.values())
+class Tally:
+    """Rule outcomes added up over the chunks, and the rows each rule flagged in the current one."""
+
+    def __init__(self) -> None:
+        self.rules: dict[str, dict[str, Any]] = {}
+
+    def add(self, validation: Any) -> dict[int, list[str]]:
+        flagged: dict[int, list[str]] = {}
+        for outcome in validation.results:
+            config = outcome.expectation_config
+            meta = config.meta or {}
+            rule = meta.get("rule", config.type)
+            result = outcome.result or {}
+            entry = self.rules.setdefault(rule, {
+                "rule": rule,
+                "expectation": config.type,
+                "kwargs": {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)},
+                "severity": meta.get("severity", "block"),
+                "mostly": meta.get("mostly", 1.0),
+                "checked_rows": 0,
+                "unexpected_count": 0,
+                "sample_ids": [],
+                "sample_values": [],
+            })
+            error = _exception_message(outcome.exception_info)
+            if error and "error" not in entry:
+                entry["error"] = error
+            entry["checked_rows"] += int(result.get("element_count") or 0) - int(result.get("missing_count") or 0)
+            entry["unexpected_count"] += int(result.get("unexpected_count") or 0)
+            column = config.kwargs.get("column")
+            for item in result.get("unexpected_index_list") or []:
+                if not isinstance(item, dict):
+                    continue
+                flagged.setdefault(int(item["row"]), []).append(rule)
+                if len(entry["sample_ids"]) < REPORT_SAMPLE:
+                    entry["sample_ids"].append(str(item["id"]))
+                if len(entry["sample_values"]) < MESSAGE_SAMPLE and column in item:
+                    entry["sample_values"].append(_short(_plain(item[column])))
+        return flagged
+
+    def finish(self, order: list[str]) -> list[dict[str, Any]]:
+        for entry in self.rules.values():
+            checked, bad = entry["checked_rows"], entry["unexpected_count"]
+            entry["unexpected_percent"] = round(100.0 * bad / checked, 4) if checked else 0.0
+            entry["success"] = "error" not in entry and bad <= (1.0 - entry["mostly"]) * checked + 1e-9
+        known = [self.rules[r] for r in order if r in self.rules]
+        return known + [e for r, e in self.rules.items() if r not in order]
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and pandas NA as JSON-ready Python values."""
+    if hasattr(value, "item"):
+        return value.item()
+    return None if value is not None and str(value) in ("<NA>", "nan") else value
 
 
 def describe_failure(rule: dict[str, Any]) -> str:
-    """``chosen_differs_from_rejected (3 rows: a, b, c)``, or what was observed for table rules."""
+    """``chosen_differs_from_rejected (3 rows: a, b, c)``, or what was observed for data set rules."""
     name = rule["rule"]
     if rule.get("error"):
         return f"{name} (could not be checked: {rule['error']})"
-    if "unexpected_count" in rule:
-        count = rule["unexpected_count"]
-        ids = rule.get("sample_ids", [])[:MESSAGE_SAMPLE]
-        more = ", ..." if count > len(ids) else ""
-        noun = "row" if count == 1 else "rows"
-        return f"{name} ({count} {noun}: {', '.join(ids)}{more})" if ids else f"{name} ({count} {noun})"
-    if rule["expectation"] == "expect_column_to_exist":
-        return f"{name} (column {rule['kwargs'].get('column')!r} is missing)"
-    if rule["expectation"] == "expect_table_row_count_to_be_between":
-        low, high = rule["kwargs"].get("min_value"), rule["kwargs"].get("max_value")
-        expected = f"at least {low}" if high is None else f"{low} to {high}"
-        return f"{name} ({rule.get('observed_value')} rows, expected {expected})"
-    return f"{name} (observed {rule.get('observed_value')!r})"
+    if "observed" in rule:
+        return f"{name} ({rule['observed']})"
+    count = rule["unexpected_count"]
+    ids = rule.get("sample_ids", [])[:MESSAGE_SAMPLE]
+    more = ", ..." if count > len(ids) else ""
+    noun = "row" if count == 1 else "rows"
+    allowed = f", more than {100 * (1 - rule['mostly']):g}% allowed" if rule.get("mostly", 1.0) < 1.0 else ""
+    return f"{name} ({count} {noun}{allowed}: {', '.join(ids)}{more})" if ids else f"{name} ({count} {noun}{allowed})"
 
 
 # --- load errors -----------------------------------------------------------------------------
@@ -326,13 +616,13 @@ def load_rule(message: str) -> str:
     return next((rule for needle, rule in _LOAD_RULES if needle in message), "readable")
 
 
-def _load(uri: str) -> list[dict[str, Any]]:
-    """All records, or a :class:`data.DataError`; a reader's own crash is reported the same way."""
+def read_chunks(uri: str, rows: int):
+    """Chunks of records, or a :class:`data.DataError`; a reader's own crash is reported the same way."""
     try:
-        return data.read_records(uri)
+        yield from data.iter_chunks(uri, rows)
     except data.DataError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise data.DataError(f"{uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
@@ -346,63 +636,208 @@ def _hash(uri: str) -> str | None:
         return None
 
 
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _read_against(config: ValidateConfig, seen: Seen) -> int:
+    """Digests of the ``against`` prompts (exact and normalized); returns its row count."""
+    count = 0
+    for chunk in read_chunks(config.against, config.chunk_rows):
+        for record in chunk:
+            text, _ = flatten_text(record.get("prompt"))
+            if text is not None:
+                seen.against_exact.add(digest(text))
+                seen.against_normalized.add(digest(normalize(text)))
+            count += 1
+    return count
+
+
+class Quarantine:
+    """``quarantine.jsonl``: every row that broke a row rule, with the rules; written to a temporary
+    name and renamed at the end, so a failed run never leaves half a file behind."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.tmp = f"{path}.tmp-{os.getpid()}"
+        self.rows = 0
+        self.handle = None
+
+    def add(self, record: dict[str, Any], rid: str, rules: list[str], blocking: set[str]) -> None:
+        if self.handle is None:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self.handle = open(self.tmp, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 (closed in close())
+        clean = {k: v for k, v in record.items() if not k.startswith("_")}
+        line = {"row": rid, "line": record.get("_line"), "rules": rules,
+                "blocking": any(r in blocking for r in rules), "record": clean}
+        self.handle.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+        self.rows += 1
+
+    def close(self, keep: bool) -> str | None:
+        if self.handle is not None:
+            self.handle.close()
+        if keep and self.rows:
+            os.replace(self.tmp, self.path)
+            return self.path
+        for stale in (self.tmp, self.path):
+            if os.path.exists(stale):
+                os.remove(stale)
+        return None
+
+
+def _dataset_rules(config: ValidateConfig, seen: Seen, required: tuple[str, ...], columns: set[str],
+                   first_columns: set[str]) -> list[dict[str, Any]]:
+    """Rules on the whole data set, computed from the streamed totals."""
+    rules = []
+
+    def add(rule: str, success: bool, observed: str, value: Any, **extra: Any) -> None:
+        rules.append({"rule": rule, "expectation": "data set statistic", "severity": config.severity_of(rule),
+                      "success": success, "observed": observed, "observed_value": value, **extra})
+
+    rows = seen.row_count
+    within = rows >= config.min_rows and (not config.max_rows or rows <= config.max_rows)
+    expected = f"at least {config.min_rows}" if not config.max_rows else f"{config.min_rows} to {config.max_rows}"
+    add("row_count", within, f"{rows} rows, expected {expected}", rows)
+    for column in required:
+        if column in first_columns:
+            add(f"{column}_present", True, f"column {column!r} is present", True)
+        elif column in columns:
+            add(f"{column}_present", False, f"column {column!r} is missing from the first {config.chunk_rows} rows",
+                False)
+        else:
+            add(f"{column}_present", False, f"column {column!r} is missing", False)
+    if seen.prompts:
+        prompt_rows = len(seen.prompts) + seen.repeated_prompts
+        share = round(seen.repeated_prompts / prompt_rows, 6) if prompt_rows else 0.0
+        add("prompt_duplication", share <= config.max_prompt_duplication,
+            f"{share:.1%} of rows repeat an earlier prompt, limit {config.max_prompt_duplication:.1%}", share,
+            unique_prompts=len(seen.prompts))
+    if seen.pairs:
+        share = round(seen.chosen_longer / seen.pairs, 6)
+        add("length_bias", share <= config.max_chosen_longer_share,
+            f"chosen is longer than rejected in {share:.1%} of pairs, limit {config.max_chosen_longer_share:.1%}",
+            share, pairs=seen.pairs, same_length_share=round(seen.same_length / seen.pairs, 6),
+            chosen_mean_chars=round(seen.chosen_chars / seen.pairs, 3),
+            rejected_mean_chars=round(seen.rejected_chars / seen.pairs, 3))
+    return rules
+
+
+def _fail_to_load(config: ValidateConfig, exc: data.DataError, uri: str, report_path: str, settings: dict,
+                  rows: int, role: str = "dataset") -> StepFailed:
+    text = str(exc)
+    detail = text[len(uri) + 2:] if text.startswith(f"{uri}: ") else text
+    rule = load_rule(text) if role == "dataset" else f"against_{load_rule(text)}"
+    entry = {"rule": rule, "expectation": "load", "severity": "block", "success": False, "error": detail}
+    result = {
+        "valid": False, "rows": rows, "dataset": config.dataset, "dataset_hash": _hash(config.dataset),
+        "report": report_path, "failed_rules": [rule], "warnings": [], "quarantine": None,
+    }
+    data.write_json(report_path, {**result, "kind": config.kind, "settings": settings, "rules": [entry]})
+    return StepFailed(f"{uri}: rule {rule} failed: {detail}", result)
+
+
 def run(config: ValidateConfig) -> dict[str, Any]:
-    """Validate ``config.dataset``; write ``validation.json``; raise StepFailed when it is invalid."""
+    """Validate ``config.dataset`` chunk by chunk; write the reports; raise StepFailed when it is invalid."""
     uri = config.dataset
     report_dir = (config.report_dir or RunContext.from_env().step_dir("validate")).rstrip("/")
     report_path = f"{report_dir}/validation.json"
     settings = dataclasses.asdict(config)
     settings.pop("report_dir")
+    docs_root = f"{report_dir}/gx" if config.data_docs and _is_local(report_dir) else None
+    if docs_root and os.path.isdir(docs_root):
+        shutil.rmtree(docs_root)  # a retry must not show the previous attempt's results as well
+    count_tokens = token_counter(config.tokenizer) if (config.max_tokens or config.min_tokens) else None
 
-    try:
-        records = _load(uri)
-    except data.DataError as exc:
-        text = str(exc)
-        detail = text[len(uri) + 2 :] if text.startswith(f"{uri}: ") else text
-        rule = load_rule(text)
-        entry = {"rule": rule, "expectation": "load", "success": False, "error": detail}
-        result = {
-            "valid": False, "rows": 0, "dataset": uri, "dataset_hash": _hash(uri),
-            "report": report_path, "failed_rules": [rule],
-        }
-        data.write_json(report_path, {**result, "kind": config.kind, "settings": settings, "rules": [entry]})
-        raise StepFailed(f"{uri}: rule {rule} failed: {detail}", result) from None
+    seen = Seen()
+    against_rows = None
+    if config.against:
+        try:
+            against_rows = _read_against(config, seen)
+        except data.DataError as exc:
+            raise _fail_to_load(config, exc, config.against, report_path, settings, 0, role="against") from None
 
-    columns = {key for record in records for key in record if not key.startswith("_")}
-    required, optional = checked_columns(config.kind, columns)
-    present_text = tuple(c for c in required + optional if c in columns)
+    quarantine = Quarantine(f"{report_dir}/quarantine.jsonl") if _is_local(report_dir) else None
+    tally = Tally()
+    runner = None
+    order: list[str] = []
+    columns: set[str] = set()
+    first_columns: set[str] = set()
+    required: tuple[str, ...] = data.REQUIRED_COLUMNS[config.kind]
+    text_columns: tuple[str, ...] = ()
     id_label = "row" if uri.lower().endswith((".parquet", ".pq")) else "line"
-    frame = to_frame(records, present_text, id_label)
-    suite = build_suite(config, columns)
+    forms: set[str] = set()
+    offset = 0
+    blocking: set[str] = set()
+    try:
+        for chunk in read_chunks(uri, config.chunk_rows):
+            chunk_columns = {key for record in chunk for key in record if not key.startswith("_")}
+            columns |= chunk_columns
+            if runner is None:
+                # The first chunk decides the columns checked; a later row lacking one fails not_null.
+                first_columns = set(chunk_columns)
+                required, optional = checked_columns(config.kind, first_columns)
+                text_columns = tuple(c for c in required + optional if c in first_columns)
+            key_columns = required if all(c in first_columns for c in required) else ()
+            frame = measure(chunk, text_columns, key_columns, config, seen, count_tokens or (lambda t: []),
+                            id_label, offset)
+            if runner is None:
+                suite = build_suite(config, text_columns, set(frame.columns))
+                order = [expectation.meta["rule"] for expectation in suite.expectations]
+                blocking = {e.meta["rule"] for e in suite.expectations if e.meta["severity"] == "block"}
+                runner = SuiteRunner(suite, docs_root)
+            for column in text_columns:
+                forms.update(t for t in frame[column + TYPE_SUFFIX].dropna().unique() if t in ALLOWED_TYPES)
+            flagged = tally.add(runner.run(frame))
+            if quarantine is not None:
+                for position in sorted(flagged):
+                    record = chunk[position - offset]
+                    quarantine.add(record, row_id(record, id_label), flagged[position], blocking)
+            offset += len(chunk)
+    except data.DataError as exc:
+        if quarantine is not None:
+            quarantine.close(keep=False)
+        raise _fail_to_load(config, exc, uri, report_path, settings, offset) from None
+    except BaseException:
+        if quarantine is not None:
+            quarantine.close(keep=False)
+        raise
+
+    rules = _dataset_rules(config, seen, required, columns, first_columns) + tally.finish(order)
     skipped = [
         {"rule": f"{column}_{check}", "reason": f"column {column!r} is missing"}
-        for column in required if column not in columns
+        for column in required if column not in first_columns
         for check in ("not_null", "is_text", "not_blank", "length")
     ]
     if config.check_duplicates and skipped:
         skipped.append({"rule": "no_duplicate_rows", "reason": "a required column is missing"})
-    order = [expectation.meta["rule"] for expectation in suite.expectations]
-    rules = summarize(run_suite(frame, suite), order)
-    failed = [r for r in rules if not r["success"]]
+    failed = [r for r in rules if not r["success"] and r["severity"] == "block"]
+    warned = [r for r in rules if not r["success"] and r["severity"] == "warn"]
+    quarantine_path = quarantine.close(keep=True) if quarantine is not None else None
+    docs = runner.build_docs() if runner is not None and docs_root else None
 
     import great_expectations as gx
 
     result = {
         "valid": not failed,
-        "rows": len(records),
+        "rows": seen.row_count,
         "dataset": uri,
         "dataset_hash": _hash(uri),
         "report": report_path,
         "failed_rules": [r["rule"] for r in failed],
+        "warnings": [r["rule"] for r in warned],
+        "quarantine": quarantine_path,
+        "quarantined_rows": quarantine.rows if quarantine is not None else 0,
+        "data_docs": docs,
     }
-    forms = sorted({t for c in present_text for t in frame[c + TYPE_SUFFIX].dropna().unique() if t in ALLOWED_TYPES})
     report = {
         **result,
         "kind": config.kind,
         "settings": settings,
         "columns": sorted(columns),
         "required_columns": list(required),
-        "text_forms": forms,
+        "text_forms": sorted(forms),
+        "against": {"dataset": config.against, "rows": against_rows} if config.against else None,
+        "pii_hits": dict(sorted(seen.pii_hits.items())),
         "rules": rules,
         "skipped_rules": skipped,
         "great_expectations": gx.__version__,
@@ -410,7 +845,8 @@ def run(config: ValidateConfig) -> dict[str, Any]:
     data.write_json(report_path, report)
     if failed:
         summary = "; ".join(describe_failure(r) for r in failed)
-        raise StepFailed(f"{uri}: {len(failed)} rule(s) failed: {summary}", result)
+        where = f"; failing rows in {quarantine_path}" if quarantine_path else ""
+        raise StepFailed(f"{uri}: {len(failed)} rule(s) failed: {summary}{where}", result)
     return result
 
 

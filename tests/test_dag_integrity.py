@@ -44,7 +44,7 @@ def test_retraining_dag_shape(dagbag):
     assert dag.doc_md and "gate" in dag.doc_md
     assert {"llmops", "retraining"} <= set(dag.tags)
     expected = ["resolve_inputs", "validate", "eda", "split", "train", "evaluate", "gate", "register",
-                "approval_route", "approve", "auto_approve", "promote"]
+                "approval_route", "approve", "auto_approve", "promote", "record_rejection"]
     assert sorted(dag.task_ids) == sorted(expected)
     # the pipeline order the docs promise
     order = ["validate", "split", "train", "evaluate", "gate", "register", "approval_route"]
@@ -52,15 +52,35 @@ def test_retraining_dag_shape(dagbag):
         assert upstream in dag.get_task(downstream).upstream_task_ids or upstream in {
             t for t in dag.get_task(downstream).get_flat_relative_ids(upstream=True)}
     assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
+    # a human Reject skips promote (the approval's direct downstream); the rejection is still recorded
+    assert dag.get_task("record_rejection").upstream_task_ids == {"promote", "register"}
+    assert dag.get_task("record_rejection").trigger_rule == "none_failed"
+    assert "comment" in dag.get_task("approve").params
+    assert params_default(dag, "require_approval") is True
     assert type(dag.get_task("approve")).__name__ == "ApprovalOperator"
     assert dag.get_task("train").retries >= 1
     # the trigger form: every Param typed, with the method restricted to known choices
     params = dag.params.dump()
     assert params["method"] == "sft"
     schema = {k: dag.params.get_param(k).schema for k in params}
-    assert schema["method"]["enum"] == ["sft", "dpo"]
+    assert schema["method"]["enum"] == ["sft", "dpo", "kto", "orpo", "grpo", "rloo"]
     assert all("type" in s for s in schema.values())
     assert dag.schedule is not None or dag.timetable is not None
+
+
+def params_default(dag, name):
+    return dag.params.dump()[name]
+
+
+def test_rollback_dag_shape(dagbag):
+    dag = dagbag.dags.get("model_rollback")
+    assert dag is not None and dag.schedule is None
+    assert dag.task_ids == ["rollback"]
+    assert dag.doc_md and "previous-production" in dag.doc_md
+    params = dag.params.dump()
+    assert params["target_version"] == ""  # empty: the previous-production version
+    assert dag.params.get_param("reason").schema["minLength"] >= 1
+    assert dag.get_task("rollback").retries == 0
 
 
 def test_dag_files_read_no_connection_or_variable_at_parse(monkeypatch):
@@ -76,7 +96,7 @@ def test_dag_files_read_no_connection_or_variable_at_parse(monkeypatch):
     monkeypatch.setattr(Variable, "get", forbidden)
     bag = DagBag(dag_folder=str(embedded.dags_folder()))
     assert bag.import_errors == {}
-    assert "llm_retraining" in bag.dag_ids
+    assert {"llm_retraining", "model_rollback"} <= set(bag.dag_ids)
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)

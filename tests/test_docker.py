@@ -153,3 +153,23 @@ def test_trainer_constraints_filter(tmp_path):
     command = ["sed", "-E", *(x for e in expressions for x in ("-e", e)), str(freeze)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["apache-airflow==3.3.2", "torch==2.13.0", "torchvision==0.28.0 ; sys_platform == 'linux'"]
+
+
+@pytest.mark.parametrize("extra", ["train"])
+def test_constraints_satisfy_the_extras_the_images_install(extra):
+    """Each requirement of the extra an image installs is pinned in constraints.txt, at a version
+    the requirement accepts: the image gets the versions the tests ran with, or the build fails."""
+    if not CONSTRAINTS.exists():
+        pytest.skip("constraints.txt (the pinned freeze) is not in the repository yet")
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    lines = [line.strip() for line in cfg["options.extras_require"][extra].splitlines()]
+    for line in (x for x in lines if x and not x.startswith("#")):
+        requirement = Requirement(line)
+        version = pinned(requirement.name) or pinned(requirement.name.replace("_", "-")) or pinned(
+            requirement.name.replace("-", "_"))
+        assert version, f"constraints.txt pins no {requirement.name} (extra {extra})"
+        assert requirement.specifier.contains(version.split("+")[0], prereleases=True), (
+            f"constraints.txt pins {requirement.name}=={version}, outside {requirement} (extra {extra})")

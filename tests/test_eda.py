@@ -120,3 +120,59 @@ def test_eda_through_the_cli(tmp_path):
     result = json.loads(proc.stdout)
     assert result["rows"] == len(samples.preference_rows())
     assert Path(result["report_html"]).is_file() and Path(result["report_json"]).is_file()
+
+
+def test_small_chunks_give_the_same_statistics(tmp_path):
+    from llmops_tasks.eda import describe
+
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    one = run(EdaConfig(dataset=str(path), out=str(tmp_path / "one")))
+    many = run(EdaConfig(dataset=str(path), out=str(tmp_path / "many"), chunk_rows=2))
+    assert Path(one["report_json"]).read_text() == Path(many["report_json"]).read_text()
+    assert describe(ROWS, "preference")["duplicates"] == json.loads(Path(one["report_json"]).read_text())["duplicates"]
+
+
+def test_pii_hits_length_difference_and_source_breakdown(tmp_path):
+    rows = [dict(r) for r in ROWS]
+    rows[2]["chosen"] = "use sso or mail it@example.com"
+    rows[3]["prompt"] = "my card 4111 1111 1111 1111 and ip 10.0.0.1"
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = run(EdaConfig(dataset=str(path), out=str(tmp_path / "eda")))
+    stats = json.loads(Path(result["report_json"]).read_text())
+    assert stats["pii"] == {"rows_with_hits": 2, "rows_by_kind": {"credit_card": 1, "email": 1, "ipv4": 1}}
+    assert stats["pairs"]["char_difference"]["max"] == 22
+    assert sum(stats["pairs"]["char_difference_histogram"]["counts"]) == 5
+    assert stats["source_breakdown"]["chat"] == {"rows": 2, "pairs": 2, "chosen_longer_share": 1.0}
+    page = Path(result["report_html"]).read_text()
+    assert "rows with a hit, by kind" in page and "chosen minus rejected characters" in page
+
+
+def test_change_against_the_previous_snapshot(tmp_path, report):
+    first, _, before = report
+    path = tmp_path / "next.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:3] + [{**ROWS[0], "lang": "en"}]), encoding="utf-8")
+    result = run(EdaConfig(dataset=str(path), out=str(tmp_path / "next"), previous=first["report_json"]))
+    change = json.loads(Path(result["report_json"]).read_text())["change"]
+    figures = {f["figure"]: f for f in change["figures"]}
+    assert figures["rows"] == {"figure": "rows", "previous": 5, "current": 4, "change": -1}
+    assert figures["exact duplicate rows"]["change"] == 1
+    assert change["columns_added"] == ["lang"] and change["previous_dataset_hash"] == before["dataset_hash"]
+    assert "Change against the previous snapshot" in Path(result["report_html"]).read_text()
+    with pytest.raises(StepFailed, match="previous report cannot be read"):
+        run(EdaConfig(dataset=str(path), out=str(tmp_path / "x"), previous=str(tmp_path / "missing.json")))
+
+
+def test_token_lengths_use_the_configured_tokenizer(tmp_path):
+    from llmops_tasks.bootstrap import train_tokenizer
+
+    tokenizer = train_tokenizer(samples.corpus_text()[:40], vocab_size=300)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    result = run(EdaConfig(dataset=str(path), out=str(tmp_path / "eda"), tokenizer=str(tmp_path / "tok")))
+    stats = json.loads(Path(result["report_json"]).read_text())
+    expected = max(len(tokenizer(r["rejected"], add_special_tokens=False)["input_ids"]) for r in ROWS)
+    assert stats["text_columns"]["rejected"]["tokens"]["max"] == expected
+    assert stats["tokenizer"] == str(tmp_path / "tok")

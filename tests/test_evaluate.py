@@ -1,4 +1,8 @@
-"""The evaluate step on two real tiny causal LMs: one random, one trained to answer the eval prompts."""
+"""The evaluate step on two real tiny causal LMs: one random, one trained to answer the eval prompts.
+
+Everything is real (transformers generation, the shipped metric modules, MLflow on SQLite under a
+temporary home); only the GPU is absent, so generation runs on the CPU.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,14 @@ from llmops_tasks import cli, data, samples  # noqa: E402
 from llmops_tasks import evaluate as evaluate_step  # noqa: E402
 from llmops_tasks.config import ConfigError  # noqa: E402
 from llmops_tasks.errors import StepFailed  # noqa: E402
-from llmops_tasks.evaluate import EvaluateConfig, paired_bootstrap, read_eval_set, run  # noqa: E402
+from llmops_tasks.evaluate import (  # noqa: E402
+    EvaluateConfig,
+    answer_logprobs,
+    likelihood_scores,
+    paired_bootstrap,
+    read_eval_set,
+    run,
+)
 
 RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "recipes" / "evaluate_tiny.yaml"
 EVAL_ROWS = 16
@@ -91,11 +102,15 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tiny")
-    pairs = [(r["prompt"], r["chosen"]) for r in samples.preference_rows()[:EVAL_ROWS]]
+    rows = samples.preference_rows()[:EVAL_ROWS]
+    pairs = [(r["prompt"], r["chosen"]) for r in rows]
     random_dir = build_model(root / "random")
     trained_dir = train_to_answer(random_dir, root / "trained", pairs)
     eval_path = root / "eval.jsonl"
-    data.write_jsonl(str(eval_path), [{"prompt": p, "reference": a, "id": f"e{i}"} for i, (p, a) in enumerate(pairs)])
+    data.write_jsonl(str(eval_path), [
+        {"prompt": r["prompt"], "reference": r["chosen"], "chosen": r["chosen"], "rejected": r["rejected"], "id": f"e{i}"}
+        for i, r in enumerate(rows)
+    ])
     return {"random": str(random_dir), "trained": str(trained_dir), "eval": str(eval_path)}
 
 
@@ -131,19 +146,31 @@ def test_trained_model_beats_random_and_champion_answers_are_cached(tiny, home, 
     assert first["ci"]["bleu"][0] > 0 and first["ci"]["rougeL"][0] > 0
 
     metrics = json.loads(Path(first["metrics"]).read_text())
-    assert set(metrics) >= {"candidate", "champion", "delta", "ci", "champion_label", "n"}
+    assert set(metrics) >= {"candidate", "champion", "delta", "ci", "intervals", "champion_label", "n", "report"}
     assert metrics["n"] == EVAL_ROWS and metrics["champion_label"] == tiny["random"]
-    assert set(metrics["candidate"]) == {"bleu", "rouge1", "rouge2", "rougeL", "gen_len"}
+    gated = {"bleu", "rouge1", "rouge2", "rougeL", "preference_accuracy", "reward_margin", "perplexity"}
+    assert set(metrics["candidate"]) == gated | {"gen_len"}
     assert metrics["delta"]["bleu"] == metrics["candidate"]["bleu"] - metrics["champion"]["bleu"]
-    lo, hi = metrics["ci"]["rougeL"]
-    assert lo <= metrics["delta"]["rougeL"] <= hi
+    # Every gated metric has an interval of the difference and of each model's own score.
+    assert set(metrics["ci"]) == gated
+    assert set(metrics["intervals"]["candidate"]) == set(metrics["intervals"]["champion"]) == gated
+    for metric in gated:
+        lo, hi = metrics["ci"][metric]
+        assert lo <= metrics["delta"][metric] + 1e-9 and metrics["delta"][metric] - 1e-9 <= hi, metric
+    # The model trained on the chosen answers prefers them and finds the references far less surprising.
+    assert metrics["candidate"]["preference_accuracy"] > metrics["champion"]["preference_accuracy"]
+    assert metrics["candidate"]["preference_accuracy"] >= 0.9
+    assert metrics["candidate"]["reward_margin"] > 0 > metrics["delta"]["perplexity"]
+    assert metrics["ci"]["perplexity"][1] < 0 < metrics["ci"]["preference_accuracy"][0]
+    page = Path(first["report"]).read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "Preference accuracy" in page
 
     # The written predictions are what was scored: recompute BLEU straight from the files.
     import sacrebleu
 
     rows = data.read_records(first["candidate_predictions"])
     assert [r["prompt"] for r in rows] == [r["prompt"] for r in data.read_records(tiny["eval"])]
-    assert all(set(r) >= {"prompt", "reference", "prediction"} for r in rows)
+    assert all(set(r) >= {"prompt", "reference", "prediction", "chosen_logp", "rejected_logp", "rougeL"} for r in rows)
     direct = sacrebleu.corpus_bleu([r["prediction"] for r in rows], [[r["reference"] for r in rows]])
     assert metrics["candidate"]["bleu"] == direct.score / 100
 
@@ -161,13 +188,46 @@ def test_trained_model_beats_random_and_champion_answers_are_cached(tiny, home, 
     assert second["ci"] == first["ci"]
     assert data.read_records(second["champion_predictions"]) == data.read_records(first["champion_predictions"])
 
-    # Other generation settings are other answers: no cache hit.
+    # Other generation settings are other answers: no cache hit. With the random (base) model as the
+    # DPO reference, the base model's own reward is 0 on every pair; the trained one prefers chosen.
     third = run(EvaluateConfig(
         candidate_model=tiny["trained"], champion_model=tiny["random"], eval_data=tiny["eval"],
-        out_dir=str(tmp_path / "third"), max_new_tokens=8, max_samples=4, bootstrap_samples=0,
+        out_dir=str(tmp_path / "third"), max_new_tokens=8, max_samples=6, bootstrap_samples=0,
+        reference_model=tiny["random"], beta=0.5, report=False,
     ))
-    assert third["champion_cached"] is False and third["n"] == 4 and third["ci"] == {}
+    assert third["champion_cached"] is False and third["n"] == 6 and third["ci"] == {}
     assert third["candidate"]["gen_len"] <= 8
+    assert third["champion"]["reward_margin"] == 0.0 and third["champion"]["preference_accuracy"] == 0.0
+    assert third["candidate"]["reward_margin"] > 0 and third["candidate"]["preference_accuracy"] >= 0.8
+    dpo_metrics = json.loads(Path(third["metrics"]).read_text())
+    assert dpo_metrics["reward"].startswith("beta*(log pi - log pi_ref), beta=0.5") and "report" not in dpo_metrics
+    summed, _ = likelihood_scores(data.read_records(third["candidate_predictions"]), None, 0.5)
+    assert summed["reward_margin"] != third["candidate"]["reward_margin"]  # without a reference: log pi alone
+
+
+@pytest.mark.integration
+def test_answer_logprobs_equal_the_models_own_loss(tiny):
+    """Teacher-forced log-probabilities match -loss * tokens from the model's forward with labels."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompt, answer = samples.preference_rows()[0]["prompt"], samples.preference_rows()[0]["chosen"]
+    other = samples.preference_rows()[1]
+    tokenizer = AutoTokenizer.from_pretrained(tiny["trained"])
+    model = AutoModelForCausalLM.from_pretrained(tiny["trained"])
+    prompt_len = len(tokenizer(prompt)["input_ids"])
+    ids = tokenizer(prompt + answer)["input_ids"] + [tokenizer.eos_token_id]
+    labels = [-100] * prompt_len + ids[prompt_len:]
+    with torch.inference_mode():
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+    # Batched with a longer and a shorter pair, so right padding is exercised too.
+    scored = answer_logprobs(tiny["trained"], [(prompt, answer), (other["prompt"], other["rejected"]),
+                                               (other["prompt"], other["chosen"] * 2)], batch_size=3)
+    logp, tokens = scored[0]
+    assert tokens == len(ids) - prompt_len
+    assert logp == pytest.approx(-loss * tokens, rel=1e-4)
+    alone = answer_logprobs(tiny["trained"], [(other["prompt"], other["rejected"])], batch_size=1)
+    assert alone[0][1] == scored[1][1] and alone[0][0] == pytest.approx(scored[1][0], rel=1e-4, abs=1e-4)
 
 
 @pytest.mark.integration
@@ -178,6 +238,11 @@ def test_cli_evaluate_then_gate(tiny, home, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["delta"]["bleu"] > 0
     assert cli.main(["gate", "--metrics", result["metrics"], "--out-dir", str(tmp_path / "gate-good")]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["passed"] is True and decision["failed_rules"] == []
+    assert all(r["passed"] for r in decision["rules"]) and len(decision["rules"]) == 7
+    page = Path(decision["report_path"]).read_text()
+    assert "PASSED" in page and "Where the candidate gained most" in page
 
     # The other way round the random model regresses against the trained champion: rejected, exit 1.
     assert cli.main(["evaluate", "--candidate-model", tiny["random"], "--champion-model", tiny["trained"],
@@ -186,6 +251,9 @@ def test_cli_evaluate_then_gate(tiny, home, tmp_path, capsys):
     assert cli.main(["gate", "--metrics", str(tmp_path / "bad" / "metrics.json"),
                      "--out-dir", str(tmp_path / "gate-bad")]) == 1
     assert "rejected: max_regression (bleu)" in capsys.readouterr().err
+    rejected = json.loads((tmp_path / "gate-bad" / "decision.json").read_text())
+    assert rejected["passed"] is False and "max_regression(bleu)" in rejected["failed_rules"]
+    assert "REJECTED" in Path(rejected["report_path"]).read_text()
 
 
 @pytest.mark.integration
@@ -212,7 +280,7 @@ def test_config_defaults_and_validation(home):
 
     recipe = config_module.load(EvaluateConfig, RECIPE)
     assert (recipe.champion_model, recipe.max_new_tokens, recipe.bootstrap_samples) == ("production", 32, 1000)
-    for bad in ({"batch_size": 0}, {"max_new_tokens": 0}, {"max_samples": -1}, {"bootstrap_samples": -5}):
+    for bad in ({"batch_size": 0}, {"max_new_tokens": 0}, {"max_samples": -1}, {"bootstrap_samples": -5}, {"beta": 0}):
         with pytest.raises(ConfigError):
             EvaluateConfig(**bad)
     with pytest.raises(ConfigError, match="unknown setting"):
@@ -229,6 +297,11 @@ def test_bad_eval_data_and_missing_models_fail_the_step(home, tmp_path):
     with pytest.raises(StepFailed, match="rows 2 lack a prompt or a reference"):
         read_eval_set(str(path))
     assert read_eval_set(str(path), max_samples=1) == [{"prompt": "a?", "reference": "b."}]
+    half = tmp_path / "half.jsonl"
+    half.write_text(json.dumps({"prompt": "a?", "reference": "b.", "chosen": "b.", "rejected": "c."}) + "\n"
+                    + json.dumps({"prompt": "d?", "reference": "e.", "chosen": "e."}) + "\n")
+    with pytest.raises(StepFailed, match="rows 2 lack chosen or rejected"):
+        read_eval_set(str(half))
     with pytest.raises(StepFailed, match="file not found"):
         read_eval_set(str(tmp_path / "missing.jsonl"))
     with pytest.raises(StepFailed, match="no model folder"):
@@ -236,13 +309,77 @@ def test_bad_eval_data_and_missing_models_fail_the_step(home, tmp_path):
                            eval_data=str(path), max_samples=1))
 
 
+def _per_example(rouge: float, correct: float, margin: float, nll: float, n: int = 30) -> dict[str, list[float]]:
+    return {"rouge1": [rouge] * n, "rouge2": [rouge] * n, "rougeL": [rouge] * n, "preference_accuracy": [correct] * n,
+            "reward_margin": [margin] * n, "nll": [nll] * n, "tokens": [10.0] * n}
+
+
 @pytest.mark.unit
 def test_paired_bootstrap_intervals():
     refs = [f"the quick brown fox number {i} jumps over the lazy dog" for i in range(30)]
-    same = paired_bootstrap(refs, refs, refs, [1.0] * 30, [1.0] * 30, samples=200, seed=0)
-    assert same == {"bleu": [0.0, 0.0], "rougeL": [0.0, 0.0]}
+    same = paired_bootstrap(refs, (refs, _per_example(1.0, 1.0, 2.0, 5.0)), (refs, _per_example(1.0, 1.0, 2.0, 5.0)),
+                            samples=200, seed=0)
+    assert set(same["delta"]) == {"bleu", "rouge1", "rouge2", "rougeL", "preference_accuracy", "reward_margin",
+                                  "perplexity"}
+    assert all(interval == [0.0, 0.0] for interval in same["delta"].values())
+    assert same["candidate"]["bleu"] == pytest.approx([1.0, 1.0])
+
     worse = [r.replace("lazy", "sleepy") if i % 2 else "a fox" for i, r in enumerate(refs)]
-    better = paired_bootstrap(refs, refs, worse, [1.0] * 30, [0.5] * 30, samples=200, seed=0)
-    assert 0 < better["bleu"][0] <= better["bleu"][1] <= 1
-    assert better["rougeL"] == [0.5, 0.5]
-    assert paired_bootstrap(refs, refs, worse, [1.0] * 30, [0.5] * 30, samples=200, seed=0) == better  # seeded
+    better = paired_bootstrap(refs, (refs, _per_example(1.0, 1.0, 2.0, 5.0)), (worse, _per_example(0.5, 0.0, -1.0, 20.0)),
+                              samples=200, seed=0)
+    assert 0 < better["delta"]["bleu"][0] <= better["delta"]["bleu"][1] <= 1
+    assert better["delta"]["rougeL"] == pytest.approx([0.5, 0.5])
+    assert better["delta"]["preference_accuracy"] == pytest.approx([1.0, 1.0])
+    assert better["delta"]["reward_margin"] == pytest.approx([3.0, 3.0])
+    import math
+
+    assert better["delta"]["perplexity"] == pytest.approx([math.exp(0.5) - math.exp(2.0)] * 2)
+    assert better["champion"]["bleu"][0] <= better["champion"]["bleu"][1] < better["candidate"]["bleu"][0]
+    again = paired_bootstrap(refs, (refs, _per_example(1.0, 1.0, 2.0, 5.0)), (worse, _per_example(0.5, 0.0, -1.0, 20.0)),
+                             samples=200, seed=0)
+    assert again == better  # seeded
+
+    # Without chosen/rejected or reference log-probabilities, only the text metrics get intervals.
+    text_only = {k: v for k, v in _per_example(1.0, 1.0, 2.0, 5.0).items() if k.startswith("rouge")}
+    assert set(paired_bootstrap(refs, (refs, text_only), (worse, text_only), samples=20, seed=0)["delta"]) == {
+        "bleu", "rouge1", "rouge2", "rougeL",
+    }
+
+
+@pytest.mark.unit
+def test_bootstrap_interval_covers_a_known_difference():
+    """Mixed per-example differences: the interval brackets the observed mean and narrows with more examples."""
+    import random
+
+    rng = random.Random(1)
+    refs = [f"answer number {i} about the printer" for i in range(200)]
+
+    def rouge(n):
+        return {"rouge1": [rng.random() for _ in range(n)], "rouge2": [0.0] * n, "rougeL": [rng.random() for _ in range(n)]}
+
+    small_a, small_b = rouge(40), rouge(40)
+    big_a, big_b = rouge(200), rouge(200)
+    small = paired_bootstrap(refs[:40], (refs[:40], small_a), (refs[:40], small_b), samples=400, seed=0)["delta"]
+    big = paired_bootstrap(refs, (refs, big_a), (refs, big_b), samples=400, seed=0)["delta"]
+    observed = (sum(small_a["rougeL"]) - sum(small_b["rougeL"])) / 40
+    assert small["rougeL"][0] < observed < small["rougeL"][1]
+    assert big["rougeL"][1] - big["rougeL"][0] < small["rougeL"][1] - small["rougeL"][0]
+
+
+@pytest.mark.unit
+def test_likelihood_scores_from_logprobs():
+    rows = [
+        {"reference_logp": -4.0, "reference_tokens": 2, "chosen_logp": -3.0, "rejected_logp": -5.0},
+        {"reference_logp": -2.0, "reference_tokens": 2, "chosen_logp": -6.0, "rejected_logp": -4.0},
+    ]
+    values, per_example = likelihood_scores(rows, None, 0.1)
+    import math
+
+    assert values["perplexity"] == pytest.approx(math.exp(6.0 / 4))
+    assert values["preference_accuracy"] == 0.5 and values["reward_margin"] == 0.0
+    # DPO reward: beta * (policy - reference) log-probabilities.
+    with_ref, _ = likelihood_scores(rows, {"chosen": [-4.0, -8.0], "rejected": [-4.0, -4.0]}, 0.5)
+    assert with_ref["preference_accuracy"] == 1.0
+    assert with_ref["reward_margin"] == pytest.approx((0.5 * (1.0 - (-1.0)) + 0.5 * (2.0 - 0.0)) / 2)
+    assert per_example["preference_accuracy"] == [1.0, 0.0]
+    assert likelihood_scores([{"reference_logp": -1.0, "reference_tokens": 1}], None, 0.1)[0].keys() == {"perplexity"}

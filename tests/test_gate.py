@@ -161,3 +161,121 @@ def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as help_exit:  # help text must survive argparse's %-formatting
         cli.main(["gate", "--help"])
     assert help_exit.value.code == 0
+
+
+def test_preference_and_perplexity_rules_with_their_numbers(policy):
+    with_pairs = metrics({"bleu": 0.40, "rougeL": 0.55}, {"bleu": 0.35, "rougeL": 0.49})
+    with_pairs["candidate"].update(preference_accuracy=0.85, reward_margin=2.0, perplexity=11.0)
+    with_pairs["champion"].update(preference_accuracy=0.60, reward_margin=0.5, perplexity=10.0)
+    with_pairs["ci"]["perplexity"] = [0.4, 1.6]
+    policy.min_preference_accuracy, policy.max_perplexity = 0.8, 12.0
+    policy.regression_metrics = ["bleu", "preference_accuracy", "perplexity"]
+    decision = decide(with_pairs, policy)
+    # Perplexity rose 10% (lower is better): over the 2% allowed, measured relative to the champion.
+    assert failed(decision) == [("max_regression", "perplexity")]
+    rule = next(r for r in decision["rules"] if r["metric"] == "perplexity" and r["rule"] == "max_regression")
+    assert rule["value"] == pytest.approx(-0.1) and rule["candidate"] == 11.0 and rule["champion"] == 10.0
+    assert rule["ci"] == [0.4, 1.6] and "relative change +10.00% (lower is better)" in rule["detail"]
+    limits = {r["rule"]: r for r in decision["rules"] if r["rule"] in {"min_preference_accuracy", "max_perplexity"}}
+    assert limits["min_preference_accuracy"]["passed"] and limits["min_preference_accuracy"]["value"] == 0.85
+    assert limits["max_perplexity"]["passed"] and limits["max_perplexity"]["detail"] == "candidate perplexity 11.0000 <= 12.0000"
+    assert decision["failed_rules"] == ["max_regression(perplexity)"]
+
+    policy.max_perplexity = 10.5
+    assert ("max_perplexity", "perplexity") in failed(decide(with_pairs, policy))
+    policy.max_perplexity, policy.regression_metrics = None, ["preference_accuracy"]
+    assert decide(with_pairs, policy)["passed"] is True
+
+
+def test_preference_floor_without_pairs_in_the_eval_set_fails_with_a_hint(policy):
+    policy.min_preference_accuracy = 0.5
+    decision = decide(IMPROVING, policy)
+    assert failed(decision) == [("min_preference_accuracy", "preference_accuracy")]
+    assert "an eval set without chosen/rejected?" in decision["reason"]
+
+
+def test_every_rule_has_numbers_and_the_reason_is_one_line(policy):
+    odd_label = dict(REGRESSING, champion_label="production\nv3")
+    decision = decide(odd_label, policy)
+    assert "\n" not in decision["reason"]
+    for rule in decision["rules"]:
+        assert isinstance(rule["passed"], bool) and isinstance(rule["threshold"], float) and rule["detail"]
+        assert rule["value"] is None or isinstance(rule["value"], float)
+    improvement = next(r for r in decision["rules"] if r["rule"] == "min_improvement")
+    assert improvement["ci"] == [-0.02, 0.04] and improvement["value"] == -0.02
+    with pytest.raises(ConfigError, match="primary_metric must be one of"):
+        GateConfig(primary_metric="perplexity")  # lower is better: no "gain" interval to require
+    with pytest.raises(ConfigError, match="min_preference_accuracy is a share"):
+        GateConfig(min_preference_accuracy=80)
+
+
+def test_run_writes_the_report_with_the_decision(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**REGRESSING, "predictions": {"candidate": str(tmp_path / "gone.jsonl")}}))
+    with pytest.raises(StepFailed) as excinfo:
+        run(GateConfig(metrics=str(bad), out_dir=str(tmp_path / "gate")))
+    page = Path(excinfo.value.result["report_path"]).read_text()
+    assert "REJECTED" in page and "max_regression" in page  # the predictions are gone: no examples, still a page
+    assert sorted(p.name for p in (tmp_path / "gate").iterdir()) == ["decision.json", "report.html"]
+    no_report = run(GateConfig(metrics=str(tmp_path / "bad.json"), out_dir=str(tmp_path / "quiet"), report=False,
+                               max_regression=0.1, min_improvement=None))
+    assert "report_path" not in no_report and no_report["passed"] is True
+
+
+@pytest.mark.integration
+def test_dag_gate_task_stops_a_regressing_candidate_and_shows_why(tmp_path, monkeypatch):
+    """The DAG's own gate callable, real MLflow on SQLite; only the task instance is a stand-in (no scheduler)."""
+    import importlib.util
+
+    from llmops_tasks import embedded
+
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("LLMOPS_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    spec = importlib.util.spec_from_file_location("llm_retraining_under_test",
+                                                  embedded.dags_folder() / "llm_retraining.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.llm_retraining()
+    gate_callable = dag.get_task("gate").python_callable
+    params = {"gate_policy": "", "gate_min_bleu": 0.0, "gate_max_regression": 0.02}
+
+    class TaskInstance:
+        dag_id, run_id, task_id, try_number, map_index = "llm_retraining", "manual__test", "gate", 1, -1
+
+        def __init__(self):
+            self.pushed: dict = {}
+
+        def xcom_push(self, key, value):
+            self.pushed[key] = value
+
+    import airflow.sdk
+    from llmops_airflow import mlflow_connection
+
+    # No Airflow API server here to ask for Connection mlflow_default: the embedded mode has none.
+    monkeypatch.setattr(mlflow_connection, "read_connection", lambda conn_id=mlflow_connection.CONN_ID: None)
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(REGRESSING))
+    ti = TaskInstance()
+    monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: {"dag": dag, "run_id": ti.run_id, "ti": ti})
+    for name in ("LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID"):  # bind_run_context exports them: undone after
+        monkeypatch.setenv(name, "")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as task_log:
+        assert gate_callable({"metrics": str(bad)}, params=params, ti=ti) is False
+    log = task_log.getvalue()
+    assert "gate REJECTED (nothing is registered; downstream tasks skip): rejected: max_regression (bleu)" in log
+    assert ti.pushed["decision"]["passed"] is False
+    assert ti.pushed["decision"]["policy_file"].endswith("recipes/gate.yaml")
+    assert Path(ti.pushed["report"]).read_text().count("REJECTED") >= 1 and ti.pushed["report"] in log
+    assert ti.pushed["mlflow_run_url"]
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(IMPROVING))
+    assert gate_callable({"metrics": str(good)}, params=params, ti=TaskInstance()) is True
+    with pytest.raises(StepFailed, match="metrics file not found"):  # a crash, not a rejection
+        gate_callable({"metrics": str(tmp_path / "missing.json")}, params=params, ti=TaskInstance())

@@ -43,7 +43,8 @@ K8S_VERSIONS = ("1.30", "1.33")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DEPLOYMENT_ENV = (
     "LLMOPS_TRAINER_IMAGE", "AIRFLOW_VAR_LLMOPS_TRAINER_IMAGE", "LLMOPS_K8S_NAMESPACE", "LLMOPS_CHECKPOINTS_PVC",
-    "LLMOPS_HF_CACHE_PVC", "LLMOPS_GPU_NODE_SELECTOR", "LLMOPS_HF_SECRET", "LLMOPS_MLFLOW_SECRET",
+    "LLMOPS_HF_CACHE_PVC", "LLMOPS_GPU_NODE_SELECTOR", "LLMOPS_GPU_PRODUCTS", "LLMOPS_TRAIN_GPUS",
+    "LLMOPS_HF_SECRET", "LLMOPS_MLFLOW_SECRET",
     "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_S3_ENDPOINT_URL", "LLMOPS_ARTIFACT_ROOT",
     "LLMOPS_MODEL_NAME", "LLMOPS_EXPERIMENT",
 )
@@ -187,6 +188,37 @@ def test_gpu_pod_requests_gpus_on_gpu_nodes(gpu_pod):
     assert {"cpu", "memory"} <= resources["requests"].keys() and resources["requests"] == resources["limits"]
     assert data["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert data["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    (term,) = data["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.count", "operator": "Gt", "values": ["1"]}]  # >= 2 GPUs
+
+
+def test_gpu_models_can_be_restricted_by_deployment_setting(k8s_env):
+    k8s_env.setenv("LLMOPS_GPU_PRODUCTS", "NVIDIA-H100-80GB-HBM3, NVIDIA-A100-SXM4-80GB")
+    dag, (op,) = make_dag((("train", ["train", "sft"]), {"gpus": 1}))
+    _, data = build_pod(op, dag)
+    (term,) = data["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.count", "operator": "Gt", "values": ["0"]},
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB"]},
+    ]
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(data, K8S_VERSIONS[-1], strict=True)
+
+
+def test_dag_train_task_requests_one_gpu_per_training_process(k8s_env):
+    """``LLMOPS_TRAIN_GPUS`` (deployment env, read at parse like the schedule) sizes the train pod
+    and becomes the step's ``num_processes``: N GPUs, N processes under accelerate launch."""
+    import importlib.util
+
+    k8s_env.setenv("LLMOPS_TRAIN_GPUS", "4")
+    spec = importlib.util.spec_from_file_location("llm_retraining_k8s", Path(__file__).parents[1] / "dags" / "llm_retraining.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.llm_retraining()  # the @dag function builds the DAG again from the module's settings
+    op = dag.get_task("train")
+    assert op.container_resources.limits["nvidia.com/gpu"] == "4"
+    assert "num_processes=4" in op.arguments
+    assert dag.get_task("evaluate").container_resources.limits["nvidia.com/gpu"] == "1"
 
 
 def test_pod_runs_as_non_root_without_privileges(gpu_pod):

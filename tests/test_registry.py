@@ -56,16 +56,20 @@ def store(tmp_path_factory):
 
 def candidate_files(folder: Path, model_dir: Path, *, passed: bool = True, fingerprint: str = "cfg-a-sft",
                     bleu: float = 0.4123456789, rougeL: float = 0.55, champion_version: str = "",
-                    model_name: str = "") -> RegisterConfig:
+                    model_name: str = "", input_example: str = "false", lora: bool = False) -> RegisterConfig:
     """Write the train / evaluate / gate outputs a registration reads, as the steps would."""
     folder.mkdir(parents=True, exist_ok=True)
     data.write_json(str(folder / "result.json"), {
-        "model_dir": str(model_dir), "fingerprint": fingerprint, "method": "sft", "base_model": "tiny-base",
+        "model_dir": str(model_dir), "fingerprint": fingerprint, "method": "sft",
         "config_hash": f"hash-of-{fingerprint}", "train_data_hash": "train-data-sha", "mlflow_run_id": "",
+        "base_model": str(model_dir), "global_step": 120, "final_loss": 0.31,
+        "adapter_dir": str(model_dir) if lora else "",
     })
     data.write_json(str(folder / "metrics.json"), {
         "candidate": {"bleu": bleu, "rougeL": rougeL},
         "champion": {"bleu": 0.1, "rougeL": 0.2},
+        "delta": {"bleu": bleu - 0.1, "rougeL": rougeL - 0.2},
+        "ci": {"bleu": [0.05, 0.5], "rougeL": [0.1, 0.6]}, "ci_level": 0.95, "bootstrap_samples": 200, "n": 43,
         "champion_label": f"production v{champion_version}" if champion_version else "base",
         "champion_version": champion_version,
         "eval_hash": "x",
@@ -73,9 +77,16 @@ def candidate_files(folder: Path, model_dir: Path, *, passed: bool = True, finge
     data.write_json(str(folder / "decision.json"), {
         "passed": passed, "reason": "passed all rules" if passed else "min_bleu: 0.01 < 0.05",
     })
+    data.write_json(str(folder / "validation.json"), {
+        "valid": True, "rows": 216, "dataset_hash": f"dataset-sha-{fingerprint}",
+        "rules": [{"rule": "prompt_not_null", "success": True},
+                  {"rule": "pii_email", "success": False, "unexpected_count": 2}],
+        "skipped_rules": [],
+    })
     return RegisterConfig(
         train_result=str(folder / "result.json"), metrics=str(folder / "metrics.json"),
         decision=str(folder / "decision.json"), dataset_hash=f"dataset-sha-{fingerprint}", model_name=model_name,
+        validation=str(folder / "validation.json"), input_example=input_example,
     )
 
 
@@ -110,9 +121,12 @@ def lifecycle(store) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LLMOPS_DAG_ID", DAG_ID)
         env.setenv("LLMOPS_RUN_ID", RUN_A)
-        first = candidate_files(store.root / "run-a", store.model_dir)
+        # The first version gets an input example (MLflow runs the model once); the others skip it.
+        first = candidate_files(store.root / "run-a", store.model_dir, input_example="auto")
         seen["register_a"] = registry.register(first)
         seen["tags_a"] = tags_of(seen["register_a"]["version"])
+        seen["description_a"] = tracking.client().get_model_version(MODEL, "1").description
+        seen["audit_after_register_a"] = registry.audit.AuditLog(MODEL, tracking.client()).text()
         seen["register_a_again"] = registry.register(first)
         seen["versions_after_reregister"] = versions_of(MODEL)
 
@@ -122,6 +136,7 @@ def lifecycle(store) -> dict[str, Any]:
         seen["tags_a_promoted"] = tags_of("1")
         seen["promote_a_again"] = registry.promote(PromoteConfig(expected_production="none"))
         seen["aliases_after_promote_a_again"] = aliases()
+        seen["audit_after_promote_a"] = registry.audit.AuditLog(MODEL, tracking.client()).text()
 
     seen["champion_after_promotion"] = registry.resolve_champion(fallback)
 
@@ -149,6 +164,7 @@ def lifecycle(store) -> dict[str, Any]:
     seen["tags_b_rolled_back"] = tags_of("2")
     seen["rollback_again"] = registry.rollback(RollbackConfig(to_version="1"))
     seen["status"] = registry.status(StatusConfig())
+    seen["audit_final"] = registry.audit.AuditLog(MODEL, tracking.client()).text()
     return seen
 
 
@@ -328,8 +344,9 @@ def test_cli_status_without_json_renders_one_line_per_alias(lifecycle, capsys):
     assert cli.main(["registry", "status", "--json", "false"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(MODEL)
-    assert [line.split()[:2] for line in lines[1:]] == [["staging", "v2"], ["production", "v1"],
-                                                        ["previous-production", "v2"]]
+    assert [line.split()[:2] for line in lines[1:4]] == [["staging", "v2"], ["production", "v1"],
+                                                         ["previous-production", "v2"]]
+    assert lines[4].startswith("  last move: rolled_back v1 by carol")
 
 
 # --------------------------------------------------------------------------- the champion and serving
@@ -373,3 +390,125 @@ def test_the_production_alias_serves_completions_through_pyfunc(lifecycle):
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@production")
     answers = model.predict(pandas.DataFrame({"prompt": [PROMPT]}))
     assert isinstance(answers, list) and len(answers) == 1 and isinstance(answers[0], str)
+
+
+# --------------------------------------------------------------------------- lineage, card, audit log
+
+
+def test_lineage_names_the_base_model_and_its_hash(store, lifecycle):
+    tags = lifecycle["tags_a"]
+    assert tags["llmops.base_model"] == str(store.model_dir)
+    assert tags["llmops.base_model_hash"] == registry.folder_hash(str(store.model_dir))
+    assert len(tags["llmops.base_model_hash"]) == 64
+    assert tags["llmops.package_version"] == tracking.__version__
+    assert (tags["llmops.dag_id"], tags["llmops.dag_run_id"]) == (DAG_ID, RUN_A)
+    assert tags["llmops.adapter"] == "false"
+
+
+def test_the_logged_model_has_a_signature_and_an_input_example(lifecycle):
+    from mlflow.models import get_model_info
+
+    tracking.client()
+    info = get_model_info(f"models:/{MODEL}/1")
+    assert [c.name for c in info.signature.inputs.inputs] == ["prompt"]
+    assert [p.name for p in info.signature.params.params] == ["max_new_tokens"]
+    assert info.saved_input_example_info is not None
+    assert lifecycle["tags_a"]["llmops.input_example"] == "true"
+    assert "mlflow==" in " ".join(registry._pip_requirements())
+
+
+def test_the_version_description_is_its_model_card(lifecycle):
+    card = lifecycle["description_a"]
+    assert card.startswith(f"# {MODEL} v1")
+    for section in ("## Lineage", "## Training", "## Evaluation", "## Data quality", "## Intended use",
+                    "## Limitations"):
+        assert section in card
+    assert "dataset-sha-cfg-a-sft" in card and "216 rows" in card
+    assert "| bleu | 0.4123 | 0.1000 | +0.3123 | [+0.0500, +0.5000] |" in card
+    assert "findings in `pii_email`" in card
+
+
+def test_the_model_card_is_also_an_artifact_of_the_register_run(lifecycle):
+    client = tracking.client()
+    run_id = lifecycle["tags_a"]["llmops.model_card_run"]
+    assert {"model_card.md", "lineage.json"} <= {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_every_move_is_in_the_audit_log_in_order(lifecycle):
+    events = registry.audit.verify(lifecycle["audit_final"])
+    assert [(e["action"], e["version"]) for e in events] == [
+        ("staged", "1"), ("promoted", "1"), ("staged", "2"), ("promotion_refused", "2"), ("approved", "2"),
+        ("promoted", "2"), ("rolled_back", "1")]
+    promoted = events[1]
+    assert (promoted["actor"], promoted["comment"], promoted["replaced"]) == ("alice", "first champion", "none")
+    assert (promoted["dag_id"], promoted["dag_run_id"]) == (DAG_ID, RUN_A)
+    assert promoted["gate"] == {"passed": True, "reason": "passed all rules"}
+    assert events[-1]["reason"] == "users report wrong answers" and events[-1]["actor"] == "carol"
+
+
+def test_the_audit_log_is_append_only(lifecycle):
+    # Re-registering and re-promoting the same run wrote no second line; later events only appended.
+    early, middle, final = (lifecycle["audit_after_register_a"], lifecycle["audit_after_promote_a"],
+                            lifecycle["audit_final"])
+    assert len(early.splitlines()) == 1 and len(middle.splitlines()) == 2
+    assert middle.startswith(early) and final.startswith(middle)
+
+
+def test_a_rewritten_audit_log_does_not_verify(lifecycle):
+    lines = lifecycle["audit_final"].splitlines(keepends=True)
+    tampered = lines[0].replace('"alice"', '"mallory"').replace('"ci-bot"', '"mallory"')
+    with pytest.raises(ValueError, match="line 2: prev_sha256"):
+        registry.audit.verify("".join([tampered, *lines[1:]]))
+
+
+def test_the_registered_model_points_at_its_audit_run(lifecycle):
+    client = tracking.client()
+    run_id = client.get_registered_model(MODEL).tags[registry.audit.AUDIT_RUN_TAG]
+    assert client.get_run(run_id).data.tags[registry.audit.TAG_AUDIT_MODEL] == MODEL
+
+
+def test_a_rejected_version_is_recorded_and_never_promoted(store):
+    name = "rejected-candidate"
+    config = candidate_files(store.root / "rejected", store.model_dir, fingerprint="cfg-rejected", model_name=name)
+    version = registry.register(config)["version"]
+    registry.record_approval(version, approved=False, by="dana", comment="answers are too terse", model_name=name)
+    with pytest.raises(StepFailed, match="rejected by dana"):
+        registry.promote(PromoteConfig(version=version, expected_production="none", model_name=name))
+    assert registry.alias_versions(name) == {"staging": version}
+    tags = tracking.client().get_model_version(name, version).tags
+    assert (tags["llmops.approval"], tags["llmops.approval_comment"]) == ("rejected", "answers are too terse")
+    assert [e["action"] for e in registry.audit_events(name)] == ["staged", "rejected"]
+
+
+def test_rollback_to_an_unknown_version_names_it(lifecycle):
+    with pytest.raises(StepFailed, match=f"{MODEL} has no version '99'"):
+        registry.rollback(RollbackConfig(to_version="99"))
+    assert registry.alias_versions(MODEL)["production"] == "1"
+
+
+def test_cli_rollback_exits_1_without_a_previous_production(store, capsys):
+    status = cli.main(["registry", "rollback", "--model-name", "never-promoted", "--reason", "test"])
+    assert status == 1
+    assert "no 'previous-production' alias" in capsys.readouterr().err
+
+
+def test_a_registry_lock_left_by_a_dead_holder_expires(store):
+    from llmops_tasks import audit
+
+    name = "lock-check"
+    client = tracking.client()
+    client.create_registered_model(audit.lock_name(name), tags={"llmops.lock_holder": "crashed worker",
+                                                                "llmops.lock_expires": "1"})
+    with audit.registry_lock(name, client, holder="test", timeout_s=5):
+        assert client.get_registered_model(audit.lock_name(name)).tags["llmops.lock_holder"] == "test"
+    assert client.search_registered_models(filter_string=f"name = '{audit.lock_name(name)}'") == []
+
+
+def test_a_held_registry_lock_refuses_after_the_timeout(store):
+    from llmops_tasks import audit
+
+    client = tracking.client()
+    refused = pytest.raises(StepFailed, match=r"locked by another alias move \(first promotion\)")
+    with audit.registry_lock("busy-model", client, holder="first promotion", timeout_s=5), refused, \
+            audit.registry_lock("busy-model", client, holder="second", timeout_s=0.2):
+        pass

@@ -19,6 +19,7 @@ from llmops_tasks.cli import main
 from llmops_tasks.config import ConfigError, load
 
 pytestmark = [pytest.mark.integration]
+QUIET = ["--log-model", "false", "--system-metrics-interval", "0"]  # MLflow extras checked in test_training_methods
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,15 @@ def test_sft_learns_and_logs_to_mlflow(workdir, tmp_path, capsys):
     assert run.data.params["max_steps"] == "40" and run.data.params["method"] == "sft"
     assert "loss" in run.data.metrics and "train_loss" in run.data.metrics
     assert run.info.status == "FINISHED"
+    # full fine-tuning: the weights themselves are the model logged on the run
+    artifacts = [a.path for a in tracking.client().list_artifacts(run.info.run_id, "model/artifacts/model")]
+    assert "model/artifacts/model/model.safetensors" in artifacts, artifacts
+    assert result["mlflow_model_uri"].startswith("models:/")
 
 
 def test_rerun_with_same_config_is_reused(workdir, tmp_path, capsys):
     args = ["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-            "--output-dir", str(tmp_path / "sft"), "--max-steps", "4", "--save-steps", "2"]
+            "--output-dir", str(tmp_path / "sft"), "--max-steps", "4", "--save-steps", "2", *QUIET]
     first = _cli(args, capsys)
     second = _cli(args, capsys)
     assert second["reused"] is True and second["model_dir"] == first["model_dir"]
@@ -82,7 +87,7 @@ def test_dpo_with_lora_trains_an_adapter(workdir, tmp_path, capsys):
     result = _cli(["train", "dpo", "--config", bootstrap.packaged_recipe("dpo_tiny.yaml"),
                    "--base-model", workdir["base"], "--train-data", workdir["train_preference"],
                    "--output-dir", str(tmp_path / "dpo"), "--lora", "--set", "max_steps=6",
-                   "--set", "save_steps=3"], capsys)
+                   "--set", "save_steps=3", *QUIET], capsys)
     assert result["method"] == "dpo" and result["global_step"] == 6
     assert (Path(result["adapter_dir"]) / "adapter_config.json").is_file()
     assert (Path(result["model_dir"]) / "config.json").is_file()  # merged weights for evaluation
@@ -92,7 +97,7 @@ def test_retry_resumes_from_last_complete_checkpoint(workdir, tmp_path, capsys):
     """A half-written checkpoint (no trainer_state.json) is never picked; the complete one is."""
     out_dir = tmp_path / "resume"
     args = ["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-            "--output-dir", str(out_dir), "--save-steps", "4"]
+            "--output-dir", str(out_dir), "--save-steps", "4", *QUIET]
     _cli(args + ["--max-steps", "4"], capsys)
     (out_dir / "result.json").unlink()  # as if the process died right after checkpoint-4
     partial = out_dir / "checkpoints" / "checkpoint-6"
@@ -125,13 +130,20 @@ def test_every_shipped_recipe_parses(recipe):
     """Recipes go stale when a setting is renamed; each must load into its step's config."""
     from llmops_tasks import evaluate, gate, validate
 
-    by_prefix = {"sft": train.TrainConfig, "dpo": train.TrainConfig, "evaluate": evaluate.EvaluateConfig,
+    by_prefix = {**{method: train.TrainConfig for method in train.METHODS}, "evaluate": evaluate.EvaluateConfig,
                  "gate": gate.GateConfig, "validate": validate.ValidateConfig}
     config_cls = by_prefix[recipe.name.split("_")[0].removesuffix(".yaml")]
     required = {"base_model": "x", "train_data": "x"} if config_cls is train.TrainConfig else {}
     required.update({"dataset": "x"} if config_cls is validate.ValidateConfig else {})
     values = {k: v for k, v in required.items() if k not in data_keys(recipe)}
     load(config_cls, recipe, values)
+
+
+@pytest.mark.unit
+def test_every_method_has_a_tiny_recipe():
+    """The DAG falls back to ``{method}_tiny.yaml``; a method without one would fail at run time."""
+    recipes = Path(bootstrap.__file__).with_name("recipes")
+    assert all((recipes / f"{method}_tiny.yaml").is_file() for method in train.METHODS)
 
 
 def data_keys(recipe: Path) -> set[str]:

@@ -36,6 +36,7 @@ def write_rows(path: Path, rows: list[dict]) -> str:
 
 
 def validate(dataset: str, tmp_path: Path, **settings) -> dict:
+    settings.setdefault("data_docs", False)  # built once, in their own test: they cost seconds
     return run(ValidateConfig(dataset=dataset, report_dir=str(tmp_path / "report"), **settings))
 
 
@@ -104,15 +105,11 @@ def _rows_with(changes: dict[int, dict]) -> list[dict]:
 
 
 # (case, rows, settings, rule the message must name, row ids it must name)
+# More kinds of broken rows are in test_bad_input_catalog.py, through the CLI.
 ROW_CASES = [
-    ("null prompt", _rows_with({1: {"prompt": None}}), {}, "prompt_not_null", ["r1"]),
-    ("empty chosen", _rows_with({2: {"chosen": ""}}), {}, "chosen_not_blank", ["r2"]),
-    ("whitespace rejected", _rows_with({3: {"rejected": " \n\t "}}), {}, "rejected_not_blank", ["r3"]),
     ("chosen equals rejected", _rows_with({0: {"rejected": "Open the panel and restart service 0."},
                                            2: {"chosen": "No idea 2."}}), {}, "chosen_differs_from_rejected",
      ["r0", "r2"]),
-    ("number as prompt", _rows_with({1: {"prompt": 42}}), {}, "prompt_is_text", ["r1"]),
-    ("message without role", _rows_with({2: {"chosen": [{"content": "hi"}]}}), {}, "chosen_is_text", ["r2"]),
     ("too long", _rows_with({3: {"chosen": "x" * 60}}), {"max_chars": 50}, "chosen_length", ["r3"]),
     ("too few rows", good_rows(3), {"min_rows": 5}, "row_count", ["3 rows, expected at least 5"]),
     ("too many rows", good_rows(4), {"max_rows": 2}, "row_count", ["4 rows, expected 1 to 2"]),
@@ -142,16 +139,16 @@ def test_missing_column_fails(tmp_path):
 
 def test_duplicate_rows_are_named_and_rows_without_id_get_their_line(tmp_path):
     rows = [{k: v for k, v in row.items() if k != "id"} for row in good_rows()]
-    rows.append(dict(rows[1]))  # line 5 repeats line 2
+    rows.append(dict(rows[1]))  # line 5 repeats line 2: the repeat is named, the first one is kept
     message, report = expect_failure(write_rows(tmp_path / "data.jsonl", rows), tmp_path)
     assert report["failed_rules"] == ["no_duplicate_rows"]
-    assert "no_duplicate_rows (2 rows: line 2, line 5)" in message
+    assert "no_duplicate_rows (1 row: line 5)" in message
 
 
 def test_duplicate_ids_fail(tmp_path):
     rows = _rows_with({3: {"id": "r0"}})
     message, _ = expect_failure(write_rows(tmp_path / "data.jsonl", rows), tmp_path)
-    assert "id_unique (2 rows: r0, r0)" in message
+    assert "id_unique (1 row: r0)" in message  # the row at line 4 reuses r0
 
 
 def test_message_lists_at_most_five_ids(tmp_path):
@@ -220,22 +217,26 @@ def test_config_rejects_bad_settings():
         config_module.load(ValidateConfig, overrides={"dataset": "x.jsonl", "min_row": 3})
 
 
-def test_shipped_recipe_parses():
+def test_shipped_recipes_parse():
     loaded = config_module.load(ValidateConfig, RECIPE)
     assert loaded.kind == "preference" and loaded.dataset
+    assert loaded.severity_of("length_bias") == "warn" and loaded.severity_of("no_pii") == "block"
+    kinds = {config_module.load(ValidateConfig, path).kind for path in RECIPE.parent.glob("validate_*.yaml")}
+    assert kinds == {"preference", "sft", "eval"}
 
 
-def test_cli_exits_1_without_traceback_on_invalid_rows(tmp_path):
+def test_cli_exits_1_without_traceback_on_invalid_rows(tmp_path, capsys):
+    from llmops_tasks.cli import main
+
     rows = _rows_with({1: {"rejected": "Open the panel and restart service 1."}})
     dataset = write_rows(tmp_path / "data.jsonl", rows)
-    proc = subprocess.run(
-        [*CLI, "validate", "--dataset", dataset, "--kind", "preference", "--report-dir", str(tmp_path / "cli")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert "chosen_differs_from_rejected (1 row: r1)" in proc.stderr
-    result = json.loads(proc.stdout)
+    status = main(["validate", "--dataset", dataset, "--kind", "preference", "--report-dir", str(tmp_path / "cli"),
+                   "--data-docs", "false"])
+    captured = capsys.readouterr()
+    assert status == 1, captured.err
+    assert "Traceback" not in captured.err
+    assert "chosen_differs_from_rejected (1 row: r1)" in captured.err
+    result = json.loads(captured.out)
     assert result["valid"] is False and result["failed_rules"] == ["chosen_differs_from_rejected"]
     assert (tmp_path / "cli" / "validation.json").is_file()
 
@@ -250,3 +251,101 @@ def test_cli_exits_1_without_traceback_on_unreadable_file(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "rule utf8 failed: line 1" in proc.stderr
+
+
+def test_data_docs_quarantine_and_blocking_message(tmp_path):
+    rows = _rows_with({1: {"rejected": "Open the panel and restart service 1."},
+                       3: {"chosen": "Mail the admin at ops@example.com."}})
+    dataset = write_rows(tmp_path / "data.jsonl", rows)
+    with pytest.raises(StepFailed) as caught:
+        validate(dataset, tmp_path, data_docs=True)
+    message, result = str(caught.value), caught.value.result
+    assert "chosen_differs_from_rejected (1 row: r1)" in message and "no_pii (1 row: r3)" in message
+    assert f"failing rows in {tmp_path / 'report' / 'quarantine.jsonl'}" in message
+    quarantined = [json.loads(line) for line in Path(result["quarantine"]).read_text().splitlines()]
+    assert [(q["row"], q["rules"], q["blocking"]) for q in quarantined] == [
+        ("r1", ["chosen_differs_from_rejected"], True), ("r3", ["no_pii"], True)]
+    assert quarantined[1]["record"]["chosen"] == "Mail the admin at ops@example.com."
+    assert result["quarantined_rows"] == 2
+    docs = Path(result["data_docs"])
+    assert docs == tmp_path / "report" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    assert docs.is_file() and list((docs.parent / "validations").rglob("*.html"))
+    report = json.loads((tmp_path / "report" / "validation.json").read_text())
+    assert report["pii_hits"] == {"email": 1}
+
+
+def test_warn_severity_reports_without_failing_and_clears_stale_quarantine(tmp_path):
+    rows = _rows_with({2: {"prompt": "My IP is 10.20.30.40, why is it blocked?"}})
+    dataset = write_rows(tmp_path / "data.jsonl", rows)
+    result = validate(dataset, tmp_path, severity={"no_pii": "warn"})
+    assert result["valid"] is True and result["failed_rules"] == []
+    assert "no_pii" in result["warnings"]
+    assert [json.loads(line)["blocking"] for line in Path(result["quarantine"]).read_text().splitlines()] == [False]
+    clean = validate(write_rows(tmp_path / "clean.jsonl", good_rows()), tmp_path)
+    assert clean["quarantine"] is None and not (tmp_path / "report" / "quarantine.jsonl").exists()
+
+
+def test_mostly_tolerates_a_share_of_failing_rows(tmp_path):
+    dataset = write_rows(tmp_path / "data.jsonl", _rows_with({1: {"rejected": "   "}}))
+    result = validate(dataset, tmp_path, mostly={"not_blank": 0.7})
+    assert result["valid"] is True
+    rule = next(r for r in json.loads(Path(result["report"]).read_text())["rules"] if r["rule"] == "rejected_not_blank")
+    assert rule["success"] is True and rule["unexpected_count"] == 1 and rule["mostly"] == 0.7
+    with pytest.raises(StepFailed, match=r"rejected_not_blank \(1 row, more than 10% allowed: r1\)"):
+        validate(dataset, tmp_path, mostly={"rejected_not_blank": 0.9})
+
+
+def test_small_chunks_give_the_same_verdict_as_one_chunk(tmp_path):
+    rows = good_rows(7)
+    rows.append({**rows[1], "id": "r7b"})  # repeats row r1 in a later chunk
+    rows.append({**rows[5], "id": "r8", "prompt": "how do i FIX thing 5"})  # a normalized repeat of r5
+    dataset = write_rows(tmp_path / "data.jsonl", rows)
+    reports = []
+    for chunk_rows in (5, 1000):
+        with pytest.raises(StepFailed) as caught:
+            validate(dataset, tmp_path, chunk_rows=chunk_rows, severity={"no_normalized_duplicates": "block"})
+        assert "no_duplicate_rows (1 row: r7b)" in str(caught.value)
+        assert "no_normalized_duplicates (1 row: r8)" in str(caught.value)
+        report = json.loads((tmp_path / "report" / "validation.json").read_text())
+        reports.append([(r["rule"], r["success"], r.get("unexpected_count"), r.get("sample_ids")) for r in report["rules"]])
+    assert reports[0] == reports[1]
+
+
+def test_length_bias_and_prompt_duplication_are_reported(tmp_path):
+    result = validate(write_rows(tmp_path / "data.jsonl", good_rows()), tmp_path)
+    rules = {r["rule"]: r for r in json.loads(Path(result["report"]).read_text())["rules"]}
+    assert rules["length_bias"]["observed_value"] == 1.0 and rules["length_bias"]["severity"] == "warn"
+    assert rules["length_bias"]["pairs"] == 4
+    assert result["valid"] is True and result["warnings"] == ["length_bias"]
+    assert rules["prompt_duplication"]["observed_value"] == 0.0 and rules["prompt_duplication"]["success"]
+
+
+def test_token_rule_counts_with_the_configured_tokenizer(tmp_path):
+    from llmops_tasks.bootstrap import train_tokenizer
+
+    tokenizer = train_tokenizer(samples.corpus_text()[:40], vocab_size=300)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    rows = _rows_with({2: {"chosen": "Supercalifragilistic expialidocious antidisestablishmentarianism"}})
+    counts = [len(tokenizer(r["chosen"], add_special_tokens=False)["input_ids"]) for r in rows]
+    limit = max(c for i, c in enumerate(counts) if i != 2)
+    assert counts[2] > limit
+    message, _ = expect_failure(write_rows(tmp_path / "data.jsonl", rows), tmp_path,
+                                tokenizer=str(tmp_path / "tok"), max_tokens=limit)
+    assert "chosen_tokens (1 row: r2)" in message
+    with pytest.raises(ConfigError, match="tokenizer: cannot load"):
+        validate(write_rows(tmp_path / "data.jsonl", rows), tmp_path, tokenizer=str(tmp_path / "nope"), max_tokens=5)
+
+
+def test_config_rejects_bad_severity_and_mostly():
+    with pytest.raises(ConfigError, match="severity: unknown rule 'no_pie'"):
+        ValidateConfig(dataset="x.jsonl", severity={"no_pie": "warn"})
+    with pytest.raises(ConfigError, match=r"severity.no_pii: expected one of \['block', 'warn'\]"):
+        ValidateConfig(dataset="x.jsonl", severity={"no_pii": "ignore"})
+    with pytest.raises(ConfigError, match="mostly.not_blank: expected a share from 0 to 1"):
+        ValidateConfig(dataset="x.jsonl", mostly={"not_blank": 1.5})
+    with pytest.raises(ConfigError, match="pii_kinds: unknown kind"):
+        ValidateConfig(dataset="x.jsonl", pii_kinds=["ssn"])
+    loaded = config_module.load(ValidateConfig, overrides=["dataset=x.jsonl", "mostly.prompt_length=0.99",
+                                                          "severity.no_pii=warn"])
+    assert loaded.mostly == {"prompt_length": 0.99} and loaded.severity_of("no_pii") == "warn"
+    assert loaded.mostly_of("prompt_length") == 0.99 and loaded.mostly_of("chosen_length") == 1.0

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperatorLink
 
+from llmops_airflow import approvals_app
+
 try:  # Airflow 3.2+: the task SDK owns the plugin base
     from airflow.sdk.plugins_manager import AirflowPlugin
 except ImportError:  # pragma: no cover - older Airflow 3
@@ -44,7 +46,16 @@ class MLflowRunLink(BaseOperatorLink):
 
 
 class LLMOpsPlugin(AirflowPlugin):
-    """Operator extra links for the step operators (which also declare them themselves)."""
+    """Operator extra links for the step operators (which also declare them themselves), and the
+    approvals page: a FastAPI app on the API server with a link in the UI's navigation."""
 
     name = "llmops"
     operator_extra_links: ClassVar[list[Any]] = [MLflowRunLink()]
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+        {"app": approvals_app.app, "url_prefix": approvals_app.URL_PREFIX, "name": "LLMOps approvals"},
+    ]
+    # Shown inside the UI (an iframe under /plugin/llmops-approvals), under the Browse menu.
+    external_views: ClassVar[list[dict[str, Any]]] = [
+        {"name": "LLMOps approvals", "href": approvals_app.URL_PREFIX + "/", "url_route": "llmops-approvals",
+         "destination": "nav", "category": "browse"},
+    ]

@@ -18,6 +18,9 @@ Deployment settings, all optional (environment of the Airflow components):
                                (default: an emptyDir, i.e. downloads per pod)
 ``LLMOPS_GPU_NODE_SELECTOR``   ``key=value[,key=value]`` for GPU pods
                                (default ``nvidia.com/gpu.present=true``, set by NVIDIA GFD)
+``LLMOPS_GPU_PRODUCTS``        GPU models a GPU pod may run on, comma-separated values of the
+                               GFD label ``nvidia.com/gpu.product`` (default: any); GPU pods
+                               also require ``nvidia.com/gpu.count`` >= the GPUs they ask for
 ``LLMOPS_HF_SECRET``           Secret with key ``token`` -> ``HF_TOKEN`` (default ``llmops-hf``)
 ``LLMOPS_MLFLOW_SECRET``       Secret whose keys become env vars, e.g.
                                ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``,
@@ -92,6 +95,20 @@ def _node_selector(text: str) -> dict[str, str]:
     if any(not sep or not key.strip() for key, sep, _ in pairs):
         raise ValueError(f"LLMOPS_GPU_NODE_SELECTOR must look like 'key=value[,key=value]', got {text!r}")
     return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def gpu_node_affinity(gpus: int) -> k8s.V1Affinity:
+    """Nodes with at least ``gpus`` GPUs (of the allowed models): a multi-GPU pod never lands on a
+    node that could only ever satisfy part of its request."""
+    expressions = [k8s.V1NodeSelectorRequirement(key="nvidia.com/gpu.count", operator="Gt", values=[str(gpus - 1)])]
+    products = [p.strip() for p in os.environ.get("LLMOPS_GPU_PRODUCTS", "").split(",") if p.strip()]
+    if products:
+        expressions.append(k8s.V1NodeSelectorRequirement(key="nvidia.com/gpu.product", operator="In", values=products))
+    return k8s.V1Affinity(node_affinity=k8s.V1NodeAffinity(
+        required_during_scheduling_ignored_during_execution=k8s.V1NodeSelector(
+            node_selector_terms=[k8s.V1NodeSelectorTerm(match_expressions=expressions)]
+        )
+    ))
 
 
 def _container_security_context() -> k8s.V1SecurityContext:
@@ -242,6 +259,7 @@ def build_pod_operator(
         "image_pull_policy": "IfNotPresent",
         "container_resources": k8s.V1ResourceRequirements(requests=dict(quantities), limits=dict(quantities)),
         "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if gpu else [],
+        "affinity": gpu_node_affinity(gpus) if gpu else None,
         "volumes": volumes,
         "volume_mounts": mounts,
         "secrets": [Secret("env", "HF_TOKEN", hf_secret, "token"), Secret("env", None, mlflow_secret)],

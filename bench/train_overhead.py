@@ -1,0 +1,102 @@
+"""What `llmops train dpo` costs on top of TRL itself.
+
+The same DPO training (tiny local model, same data, steps, batch, seed, checkpoint and logging
+cadence) runs in a fresh interpreter twice per round: through the CLI (config loading, data
+checks, MLflow child run with batched metrics and system metrics, resume check, final model saved
+and logged on the run) and through a bare TRL script that only trains and saves. Rounds alternate
+the order so that a busy machine penalizes neither side. Prints each wall time, the medians and
+their ratio. Target: ratio <= 1.05.
+
+    python bench/train_overhead.py [--steps 60] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BARE_TRL = """
+import sys
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+import json
+
+base, data_file, out, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+rows = [json.loads(line) for line in open(data_file)]
+rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+torch.manual_seed(42)
+tokenizer = AutoTokenizer.from_pretrained(base)
+model = AutoModelForCausalLM.from_pretrained(base)
+args = DPOConfig(output_dir=out + "/checkpoints", max_steps=steps, learning_rate=5e-4, lr_scheduler_type="cosine",
+                 per_device_train_batch_size=8, max_length=128, seed=42, data_seed=42, save_strategy="steps",
+                 save_steps=20, save_total_limit=2, logging_steps=10, beta=0.1, loss_type=["sigmoid"],
+                 bf16=False, report_to=[], disable_tqdm=True, dataloader_num_workers=0)
+trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+trainer.train()
+trainer.model.save_pretrained(out + "/model")
+tokenizer.save_pretrained(out + "/model")
+"""
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="DPO steps per training (default 60, the tiny recipe)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of (CLI, bare TRL) runs, order alternating")
+    args = parser.parse_args()
+
+    from llmops_tasks import bootstrap, data, samples, split
+
+    work = Path(tempfile.mkdtemp(prefix="llmops-bench-train-"))
+    base = bootstrap.build_tiny_model(work / "base", samples.corpus_text())
+    data.write_jsonl(str(work / "preference.jsonl"), samples.preference_rows())
+    train_file = split.run(split.SplitConfig(dataset=str(work / "preference.jsonl"), out_dir=str(work / "split")))[
+        "train_preference"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+           "LLMOPS_MLFLOW_ARTIFACTS": str(work / "mlartifacts"), "PYTHONWARNINGS": "ignore"}
+    for key in ("LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID", "LLMOPS_RESULT_FILE"):
+        env.pop(key, None)
+    script = work / "bare_trl_dpo.py"
+    script.write_text(BARE_TRL)
+
+    times: dict[str, list[float]] = {"llmops": [], "trl": []}
+    for round_ in range(args.rounds):
+        cli = [sys.executable, "-m", "llmops_tasks.cli", "train", "dpo", "--config",
+               bootstrap.packaged_recipe("dpo_tiny.yaml"), "--base-model", str(base), "--train-data", train_file,
+               "--output-dir", str(work / f"llmops-{round_}"), "--max-steps", str(args.steps)]
+        bare = [sys.executable, str(script), str(base), train_file, str(work / f"trl-{round_}"), str(args.steps)]
+        order = [("llmops", cli), ("trl", bare)] if round_ % 2 == 0 else [("trl", bare), ("llmops", cli)]
+        for name, command in order:
+            seconds = timed(command, env)
+            times[name].append(seconds)
+            print(f"round {round_ + 1} {name:7s} {seconds:7.2f} s", flush=True)
+
+    llmops, trl = statistics.median(times["llmops"]), statistics.median(times["trl"])
+    print(json.dumps({
+        "steps": args.steps, "rounds": args.rounds,
+        "llmops_train_dpo_s": [round(t, 2) for t in times["llmops"]],
+        "bare_trl_dpo_s": [round(t, 2) for t in times["trl"]],
+        "median_llmops_s": round(llmops, 2), "median_trl_s": round(trl, 2),
+        "ratio": round(llmops / trl, 3), "target": 1.05,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

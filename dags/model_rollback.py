@@ -1,0 +1,65 @@
+"""
+### Put a previous model version back in production
+
+Triggered by hand when the `production` model misbehaves. Moves alias `production` of the
+registered model to `target_version` (empty: the version holding `previous-production`, the one
+the last promotion replaced); the version it takes production from becomes `previous-production`,
+so running it twice flips back. The same `llmops registry rollback` the CLI runs: the move waits
+for any promotion in progress, refuses a version that never passed its gate, and is recorded on
+both versions (who, when, why, this DAG run) and in the model's audit log.
+
+MLflow settings come from the Airflow Connection `mlflow_default` when it exists (read when the
+task runs), else from the worker's environment.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from llmops_airflow.context import bind_run_context
+
+DAG_ID = "model_rollback"
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["llmops", "mlflow", "rollback"],
+    params={
+        "target_version": Param("", type="string", pattern=r"^[0-9]*$", title="Version to restore",
+                                description="Model version number; empty: the 'previous-production' version."),
+        "reason": Param("", type="string", minLength=3, title="Reason",
+                        description="Why production is rolled back; recorded on both versions and in the audit log."),
+        "model_name": Param("", type="string", title="Registered model",
+                            description="Empty: $LLMOPS_MODEL_NAME (default llmops-chat)."),
+    },
+)
+def model_rollback():
+    @task(retries=0)
+    def rollback(params=None, dag_run=None) -> dict:
+        """Move production back; a refusal (no such version, no gate) fails without retry."""
+        bind_run_context()
+        from airflow.sdk.exceptions import AirflowFailException
+        from llmops_airflow.mlflow_connection import mlflow_env
+
+        from llmops_tasks import registry
+        from llmops_tasks.errors import StepFailed
+
+        actor = getattr(dag_run, "triggering_user_name", None) or "airflow"
+        with mlflow_env():
+            try:
+                return registry.rollback(registry.RollbackConfig(
+                    to_version=params["target_version"], reason=params["reason"], actor=actor,
+                    model_name=params["model_name"],
+                ))
+            except StepFailed as exc:
+                raise AirflowFailException(str(exc)) from exc
+
+    rollback()
+
+
+model_rollback()

@@ -1,0 +1,189 @@
+"""``llmops up`` for real: Airflow's API server, scheduler (LocalExecutor), DAG processor and
+triggerer plus the MLflow server on loopback, driven only through the REST API.
+
+One start for the module (services are heavy on a small machine). The first run is triggered with
+a conf, waits in the approval step, is approved through the HITL REST endpoint and must end with
+the new version holding ``production``. The second run gets a data set whose answers equal their
+rejected alternatives: it must fail at ``validate`` and leave ``production`` where it was. Nothing
+is mocked; the services are always stopped (process groups), also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import quote
+
+import pytest
+
+from llmops_tasks import data, samples, services
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DAG_ID = "llm_retraining"
+MODEL_NAME = "e2e-chat"
+APPROVAL_COMMENT = "metrics look right; approved over REST"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Api:
+    """A logged-in REST client of the running API server."""
+
+    def __init__(self, base: str, token: str = "") -> None:
+        self.base, self.token = base, token
+
+    def call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, object]:
+        token = self.token if token is None else token
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read().decode(), exc.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw
+
+    def ok(self, method: str, path: str, body: dict | None = None):
+        status, payload = self.call(method, path, body)
+        assert status < 300, f"{method} {path} -> {status}: {payload}"
+        return payload
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("services-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "LLMOPS"))}
+    env.update({"LLMOPS_HOME": str(home), "LLMOPS_RETRAIN_SCHEDULE": "none", "LLMOPS_MODEL_NAME": MODEL_NAME,
+                "HF_HUB_OFFLINE": "1"})
+    airflow_port, mlflow_port = _free_port(), _free_port()
+    out = home / "up.out"
+    with open(out, "wb") as sink:
+        # Its own session, so the finalizer can stop `llmops up` and anything it left behind.
+        up = subprocess.Popen([sys.executable, "-m", "llmops_tasks.cli", "up", "--airflow-port", str(airflow_port),
+                               "--mlflow-port", str(mlflow_port), "--parallelism", "2", "--ready-timeout", "240",
+                               "--stop-timeout", "15"],
+                              env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "llmops up: ready" not in out.read_text(errors="replace"):
+            assert up.poll() is None, f"llmops up exited with {up.returncode}:\n{out.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, f"llmops up not ready:\n{out.read_text()[-4000:]}"
+            time.sleep(2)
+        base = f"http://127.0.0.1:{airflow_port}"
+        password = json.loads((home / "airflow" / services.PASSWORDS_FILE).read_text())["admin"]
+        status, login = Api(base).call("POST", "/auth/token", {"username": "admin", "password": password})
+        assert status == 201 or status == 200, login
+        yield {"api": Api(base, login["access_token"]), "home": home, "env": env, "out": out,
+               "mlflow": f"http://127.0.0.1:{mlflow_port}"}
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(timeout=10)
+        services.stop_recorded(home, timeout=10)  # only does something if `up` could not stop them
+
+
+def _production(stack) -> str | None:
+    from llmops_tasks import registry, tracking
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "LLMOPS_MODEL_NAME")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{stack['home'] / 'mlflow.db'}"  # the URI the services used
+    os.environ["LLMOPS_MODEL_NAME"] = MODEL_NAME
+    try:
+        return registry.alias_versions(MODEL_NAME, tracking.client()).get(registry.PRODUCTION)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_path(run_id: str) -> str:
+    return f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+
+
+def _task_states(api: Api, run_id: str) -> dict[str, str]:
+    payload = api.ok("GET", _run_path(run_id) + "/taskInstances?limit=100")
+    return {t["task_id"]: t["state"] for t in payload["task_instances"]}
+
+
+def _wait(stack, run_id: str, done, what: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = _task_states(stack["api"], run_id)
+        run_state = stack["api"].ok("GET", _run_path(run_id))["state"]
+        if done(run_state, states):
+            return run_state, states
+        time.sleep(3)
+    scheduler_log = (stack["home"] / "logs" / "services" / "scheduler.log").read_text(errors="replace")
+    pytest.fail(f"{what} not reached in {timeout} s; run {run_state}, tasks {states}\n"
+                f"scheduler log tail:\n{scheduler_log[-3000:]}")
+
+
+def _trigger(api: Api, conf: dict) -> str:
+    return api.ok("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+
+
+def test_rest_trigger_hitl_approval_and_bad_data(stack):
+    api = stack["api"]
+    deadline = time.monotonic() + 120
+    while api.call("GET", f"/api/v2/dags/{DAG_ID}")[0] != 200:  # the DAG processor's first parse
+        assert time.monotonic() < deadline, "llm_retraining never appeared in the API"
+        time.sleep(2)
+    api.ok("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+
+    run_id = _trigger(api, {"require_approval": True, "max_steps": 20, "max_new_tokens": 8})
+    _, states = _wait(stack, run_id, lambda run, s: s.get("approve") in ("deferred", "awaiting_input")
+                      or run in ("failed", "success"), "approval waiting", timeout=420)
+    assert states["approve"] in ("deferred", "awaiting_input"), states
+    assert states["auto_approve"] == "skipped" and states["register"] == "success", states
+
+    hitl = f"{_run_path(run_id)}/taskInstances/approve/-1/hitlDetails"
+    detail = api.ok("GET", hitl)
+    assert set(detail["options"]) == {"Approve", "Reject"}, detail
+    answer = api.ok("PATCH", hitl, {"chosen_options": ["Approve"], "params_input": {"comment": APPROVAL_COMMENT}})
+    assert answer["responded_by"]["name"] == "admin"
+
+    run_state, states = _wait(stack, run_id, lambda run, s: run in ("failed", "success"), "run end", timeout=240)
+    assert run_state == "success", states
+    assert states["promote"] == "success" and states["approve"] == "success", states
+    production = _production(stack)
+    assert production == "1"
+
+    # The plugin page: refused without a token, and it shows the promoted version to a logged-in user.
+    assert api.call("GET", "/llmops/", token="")[0] == 401
+    assert api.call("GET", "/llmops/", token="not-a-jwt")[0] in (401, 403)
+    status, page = api.call("GET", "/llmops/")
+    assert status == 200 and MODEL_NAME in page and "production: v1" in page, page[:2000]
+    summary = api.ok("GET", "/llmops/api/summary")
+    assert summary["decisions"][0]["passed"] is True and "EDA report" in summary["decisions"][0]["reports"]
+
+    bad = stack["home"] / "bad.jsonl"
+    rows = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["chosen"]} for r in samples.preference_rows()[:40]]
+    data.write_jsonl(str(bad), rows)
+    bad_run = _trigger(api, {"require_approval": True, "max_steps": 20, "dataset_uri": str(bad)})
+    run_state, states = _wait(stack, bad_run, lambda run, s: run in ("failed", "success"), "bad run end", timeout=180)
+    assert run_state == "failed" and states["validate"] == "failed", states
+    assert states["train"] in (None, "upstream_failed"), states
+    assert _production(stack) == production
