@@ -144,7 +144,7 @@ def render(result: dict) -> str:
         "",
         "Look around:",
         f"  MLflow UI      mlflow ui --backend-store-uri {result['mlflow_tracking_uri']} --port 5000",
-        f"  Airflow UI     eval \"$(LLMOPS_HOME={home} llmops env)\" && airflow standalone",
+        f"  Airflow UI     LLMOPS_HOME={home} llmops up   (or: make airflow)",
         "  registry       llmops registry status",
         f"  full log       {result['log']}",
     ]
