@@ -7,8 +7,10 @@ Production deployments override the pieces through the usual variables: ``MLFLOW
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,25 @@ def sample_data_dir() -> Path:
 
 def tiny_model_dir() -> Path:
     return home() / "models" / "tiny-base"
+
+
+@contextlib.contextmanager
+def temporary_env(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, with None, remove) environment variables for a block; restore them afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")

@@ -34,14 +34,10 @@ def client():
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
     registry = os.environ.get("MLFLOW_REGISTRY_URI") or uri
-    before = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(registry)
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    current = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    with settings.temporary_env(current):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(registry)
     return MlflowClient(tracking_uri=uri, registry_uri=registry)
 
 

@@ -62,20 +62,13 @@ def run_dag(env: dict, conf: dict) -> dict:
 def registry_state(env: dict) -> tuple[dict, object]:
     from llmops_tasks import registry
 
-    keys = ("MLFLOW_TRACKING_URI", "LLMOPS_MODEL_NAME", "LLMOPS_MLFLOW_ARTIFACTS")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: env[k] for k in keys})
-    try:
-        from llmops_tasks import tracking
+    from llmops_tasks import tracking
+    from llmops_tasks.settings import temporary_env
 
+    keys = ("MLFLOW_TRACKING_URI", "LLMOPS_MODEL_NAME", "LLMOPS_MLFLOW_ARTIFACTS")
+    with temporary_env({k: env[k] for k in keys}):
         client = tracking.client()
         return registry.alias_versions(env["LLMOPS_MODEL_NAME"], client), client
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -125,14 +125,8 @@ def test_pipeline_on_postgres(postgres, tmp_path):
 
     from llmops_tasks import registry, tracking
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "LLMOPS_MODEL_NAME")}
-    os.environ.update({"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "LLMOPS_MODEL_NAME": MODEL_NAME})
-    try:
+    from llmops_tasks.settings import temporary_env
+
+    with temporary_env({"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "LLMOPS_MODEL_NAME": MODEL_NAME}):
         aliases = registry.alias_versions(MODEL_NAME, tracking.client())
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     assert aliases.get(registry.PRODUCTION) == "1" and aliases.get(registry.STAGING) == "1", aliases

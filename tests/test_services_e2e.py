@@ -106,17 +106,11 @@ def stack(tmp_path_factory):
 def _production(stack) -> str | None:
     from llmops_tasks import registry, tracking
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "LLMOPS_MODEL_NAME")}
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{stack['home'] / 'mlflow.db'}"  # the URI the services used
-    os.environ["LLMOPS_MODEL_NAME"] = MODEL_NAME
-    try:
+    from llmops_tasks.settings import temporary_env
+
+    services_uri = f"sqlite:///{stack['home'] / 'mlflow.db'}"  # the URI the services used
+    with temporary_env({"MLFLOW_TRACKING_URI": services_uri, "LLMOPS_MODEL_NAME": MODEL_NAME}):
         return registry.alias_versions(MODEL_NAME, tracking.client()).get(registry.PRODUCTION)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _run_path(run_id: str) -> str:

@@ -18,6 +18,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
+from llmops_tasks.settings import temporary_env
+
 CONN_ID = "mlflow_default"
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 REGISTRY_URI = "MLFLOW_REGISTRY_URI"
@@ -75,15 +77,7 @@ def mlflow_env(conn_id: str = CONN_ID) -> Iterator[str]:
         yield os.environ.get(TRACKING_URI, "")
         return
     settings = settings_from(connection)
-    saved = {key: os.environ.get(key) for key in (TRACKING_URI, REGISTRY_URI, USERNAME, PASSWORD)}
-    for key in (REGISTRY_URI, USERNAME, PASSWORD):
-        os.environ.pop(key, None)
-    os.environ.update(settings)
-    try:
+    values: dict[str, str | None] = {key: None for key in (REGISTRY_URI, USERNAME, PASSWORD)}
+    values.update(settings)
+    with temporary_env(values):
         yield settings[TRACKING_URI]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
