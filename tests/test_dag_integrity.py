@@ -72,6 +72,40 @@ def params_default(dag, name):
     return dag.params.dump()[name]
 
 
+def test_retraining_dag_eval_set_param(dagbag):
+    """Optional fixed eval set: empty by default, typed like the other optional text Params."""
+    dag = dagbag.dags["llm_retraining"]
+    param = dag.params.get_param("eval_dataset_uri")
+    assert param.value == ""
+    assert param.schema["type"] == ["null", "string"] == dag.params.get_param("dataset_uri").schema["type"]
+    assert param.schema["title"] == "Held-out eval set"
+    assert "instead of the split's held-out part" in param.description
+    assert "eval_dataset_uri" in dag.doc_md and "prompt_not_in_against" in dag.doc_md
+
+
+class _XComs:
+    """Stands in for the task instance at render time: only its ``xcom_pull`` is read (the full run
+    is tests/test_pipeline_integration.py)."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value"):
+        return self.values[task_ids]
+
+
+@pytest.mark.parametrize(("eval_dataset", "expected"), [
+    ("", "/runs/split/eval.jsonl"),  # no fixed eval set: the split's held-out part
+    ("s3://evals/fixed.jsonl", "s3://evals/fixed.jsonl"),
+])
+def test_evaluate_scores_the_fixed_eval_set_when_given(dagbag, eval_dataset, expected):
+    dag = dagbag.dags["llm_retraining"]
+    arguments = dag.get_task("evaluate").arguments
+    template = arguments[arguments.index("--eval-data") + 1]
+    ti = _XComs({"resolve_inputs": {"eval_dataset": eval_dataset}, "split": {"eval": "/runs/split/eval.jsonl"}})
+    assert dag.get_template_env().from_string(template).render(ti=ti) == expected
+
+
 def test_rollback_dag_shape(dagbag):
     dag = dagbag.dags.get("model_rollback")
     assert dag is not None and dag.schedule is None

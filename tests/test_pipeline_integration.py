@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from llmops_tasks import data, samples
+from llmops_tasks.settings import safe_segment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,6 +61,12 @@ def run_dag(env: dict, conf: dict) -> dict:
     return result
 
 
+def step_file(env: dict, result: dict, step: str, name: str) -> dict:
+    """A JSON report from the DAG run's folder, ``{artifact_root}/llm_retraining/{run}/{step}/{name}``."""
+    path = Path(env["LLMOPS_ARTIFACT_ROOT"]) / "llm_retraining" / safe_segment(result["run_id"]) / step / name
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def registry_state(env: dict) -> tuple[dict, object]:
     from llmops_tasks import registry
 
@@ -91,6 +99,9 @@ def test_first_run_promotes_to_production(first_run, pipeline_env):
     assert float(tags["metric.bleu"]) > 0.1  # trained on the help-desk answers, scored against them
     assert len(tags["llmops.dataset_hash"]) == 64
     assert tags["llmops.approval"] == "approved" and "require_approval=false" in tags["llmops.approval_by"]
+    # the first snapshot in this store: nothing to compare the EDA with, and the run goes on
+    assert "change" not in step_file(pipeline_env, first_run, "eda", "eda.json")
+    assert "no comparison with a previous snapshot" in first_run["log"]
 
 
 def test_regressing_candidate_is_stopped_at_the_gate(first_run, pipeline_env):
@@ -106,19 +117,50 @@ def test_regressing_candidate_is_stopped_at_the_gate(first_run, pipeline_env):
     assert aliases["production"] == "1"
     assert [str(v.version) for v in client.search_model_versions("name = 'itest-chat'")] == ["1"]
     assert "REJECTED" in result["log"] and "max_regression" in result["log"]
+    # the second snapshot's EDA says what changed since the first run's (found through MLflow)
+    before = step_file(pipeline_env, first_run, "eda", "eda.json")
+    report = step_file(pipeline_env, result, "eda", "eda.json")
+    change = report["change"]
+    assert change["previous_dataset_hash"] == before["dataset_hash"]
+    rows = next(f for f in change["figures"] if f["figure"] == "rows")
+    assert (rows["previous"], rows["current"], rows["change"]) == (before["rows"], report["rows"], 0)
+    assert re.search(r"comparing with the previous snapshot: eda run \w+ of DAG run "
+                     + re.escape(first_run["run_id"]), result["log"]), result["log"][-5000:]
 
 
-def test_invalid_data_fails_at_validation(first_run, pipeline_env, tmp_path):
+def test_invalid_and_contaminated_data_fail_at_validation(first_run, pipeline_env, tmp_path):
+    """Identical pairs, and prompts of the fixed eval set (eval_dataset_uri) in the training data.
+
+    One run for both (a dag.test() costs about a minute): each rule is checked on its own rows.
+    """
     rows = samples.preference_rows()[:40]
     for row in rows[:3]:
         row["rejected"] = row["chosen"]  # identical pairs teach nothing and must be refused
     bad = tmp_path / "bad.jsonl"
     data.write_jsonl(str(bad), rows)
-    result = run_dag(pipeline_env, {"require_approval": False, "dataset_uri": str(bad)})
+    # rows[5]'s prompt verbatim, rows[6]'s up to case, spacing and punctuation, and one unrelated
+    held_out = tmp_path / "eval.jsonl"
+    data.write_jsonl(str(held_out), [
+        {"prompt": rows[5]["prompt"], "reference": "ask the service desk"},
+        {"prompt": "  " + rows[6]["prompt"].upper().rstrip("?") + " !!", "reference": "ask the service desk"},
+        {"prompt": "What is the capital of France?", "reference": "Paris"},
+    ])
+    result = run_dag(pipeline_env, {"require_approval": False, "dataset_uri": str(bad),
+                                    "eval_dataset_uri": str(held_out)})
     assert result["state"] == "failed"
     tasks = result["tasks"]
     assert tasks["validate"] == "failed"
-    assert all(tasks[t] in ("upstream_failed", "skipped", "None") for t in ("eda", "split", "train", "register"))
+    assert all(tasks[t] in ("upstream_failed", "skipped", "None")
+               for t in ("eda", "split", "train", "evaluate", "register"))
     assert "chosen_differs_from_rejected" in result["log"]
+    assert "prompt_not_in_against (1 row: " in result["log"]
+    assert "prompt_not_in_against_normalized (1 row: " in result["log"]
+    report = step_file(pipeline_env, result, "validate", "validation.json")
+    assert report["against"] == {"dataset": str(held_out), "rows": 3}
+    rules = {r["rule"]: r for r in report["rules"]}
+    for rule, row in (("prompt_not_in_against", rows[5]), ("prompt_not_in_against_normalized", rows[6])):
+        assert rules[rule]["success"] is False and rules[rule]["severity"] == "block", rules[rule]
+        assert rules[rule]["sample_ids"] == [row["id"]]
+        assert rule in report["failed_rules"]
     aliases, _ = registry_state(pipeline_env)
     assert aliases["production"] == "1"
