@@ -124,10 +124,10 @@ def test_trainer_runs_the_cli_as_the_pods_non_root_user():
     assert "llmops = llmops_tasks.cli:main" in scripts["options.entry_points"]["console_scripts"]
 
 
-@pytest.mark.parametrize(("dockerfile", "extra"), [("Dockerfile.trainer", "train"), ("Dockerfile.airflow", "airflow")])
-def test_images_install_the_package_under_the_constraints(dockerfile, extra):
+@pytest.mark.parametrize(("dockerfile", "extras"), [("Dockerfile.trainer", "train,qlora"), ("Dockerfile.airflow", "airflow")])
+def test_images_install_the_package_under_the_constraints(dockerfile, extras):
     runs = [args for kw, args, _ in final_stage(dockerfile) if kw == "RUN"]
-    assert any(re.search(rf'pip install .*-c constraints\.txt .*"\.\[{extra}\]"', run) for run in runs)
+    assert any(re.search(rf'pip install .*-c constraints\.txt .*"\.\[{extras}\]"', run) for run in runs)
 
 
 def test_trainer_dependency_layer_lists_the_train_extra():
@@ -137,8 +137,9 @@ def test_trainer_dependency_layer_lists_the_train_extra():
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     requirements = out.stdout.split()
     names = {re.split(r"[<>=!\[ ]", r)[0] for r in requirements}
-    assert {"torch", "transformers", "trl", "pyyaml"} <= names
+    assert {"torch", "transformers", "trl", "pyyaml", "bitsandbytes"} <= names
     assert "apache-airflow" not in names
+    assert pinned("bitsandbytes"), "constraints.txt pins no bitsandbytes: the trainer image would take any version"
 
 
 def test_trainer_constraints_filter(tmp_path):
