@@ -37,8 +37,8 @@ def previous_eda_run(ctx: RunContext, mlflow_client=None):
         return None
     query = (
         f"tags.`{tracking.TAG_STEP}` = '{EDA_STEP}' "
-        f"and tags.`{tracking.TAG_DAG_ID}` = '{_quote(ctx.dag_id)}' "
-        f"and tags.`{tracking.TAG_RUN_ID}` != '{_quote(ctx.run_id)}' "
+        f"and tags.`{tracking.TAG_DAG_ID}` = '{tracking.quote(ctx.dag_id)}' "
+        f"and tags.`{tracking.TAG_RUN_ID}` != '{tracking.quote(ctx.run_id)}' "
         "and attributes.status = 'FINISHED'"
     )
     found = mlflow_client.search_runs([experiment.experiment_id], filter_string=query, max_results=1,
@@ -109,7 +109,4 @@ def _read_report(run, mlflow_client) -> tuple[dict[str, Any] | None, list[str]]:
     failures.append(f"{uri}: not a JSON object")
     return None, failures
 
-
-def _quote(value: str) -> str:
-    return value.replace("'", "\\'")
 

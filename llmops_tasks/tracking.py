@@ -88,7 +88,8 @@ def experiment_id(mlflow_client=None) -> str:
         return experiment.experiment_id
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """A value for a single-quoted string in an MLflow search filter."""
     return value.replace("'", "\\'")
 
 
@@ -99,8 +100,8 @@ def pipeline_run_id(ctx: RunContext, mlflow_client=None, tags: dict[str, str] | 
     mlflow_client = mlflow_client or client()
     exp = experiment_id(mlflow_client)
     query = (
-        f"tags.`{TAG_ROLE}` = 'pipeline' and tags.`{TAG_DAG_ID}` = '{_quote(ctx.dag_id)}' "
-        f"and tags.`{TAG_RUN_ID}` = '{_quote(ctx.run_id)}'"
+        f"tags.`{TAG_ROLE}` = 'pipeline' and tags.`{TAG_DAG_ID}` = '{quote(ctx.dag_id)}' "
+        f"and tags.`{TAG_RUN_ID}` = '{quote(ctx.run_id)}'"
     )
     found = mlflow_client.search_runs([exp], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"])
     if found:
