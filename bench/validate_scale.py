@@ -8,8 +8,8 @@ then runs each phase in its own subprocess so its peak RSS (``resource.getrusage
     validate ``llmops_tasks.validate.run`` with its defaults (GX per chunk, quarantine, Data Docs)
     eda      ``llmops_tasks.eda.run``
 
-and prints seconds, rows/s, peak RSS and the time ratio to the pandas read measured in the same run.
-Targets from the design: 1M rows within 4 GB peak RSS and at most 3x the plain read.
+and prints seconds, rows/s, peak RSS and the time ratio to the pandas read measured in the same run,
+and whether each phase meets the targets: 1M rows within 4 GB peak RSS and at most 3x the plain read.
 
     .venv/bin/python bench/validate_scale.py --rows 200000
 """
@@ -52,6 +52,9 @@ def generate(path: str, rows: int, seed: int = 7) -> int:
             handle.write(json.dumps(row) + "\n")
     return os.path.getsize(path)
 
+
+MAX_RATIO = 3.0  # at most this many times the plain pandas read
+MAX_PEAK_MIB = 4096  # peak RSS of a phase
 
 PHASES = {
     "pandas": "import pandas as pd; frame = pd.read_json(PATH, lines=True); rows = len(frame)",
@@ -105,10 +108,15 @@ def main() -> None:
         for name in args.phases.split(","):
             results[name] = run_phase(name.strip(), path, tmp)
             r = results[name]
+            ratio = r["seconds"] / results["pandas"]["seconds"] if "pandas" in results and name != "pandas" else None
+            verdict = ""
+            if ratio is not None:
+                met = ratio <= MAX_RATIO and r["peak_mib"] <= MAX_PEAK_MIB
+                verdict = f"  target ({MAX_RATIO:g}x, {MAX_PEAK_MIB:,} MiB) {'met' if met else 'MISSED'}"
             print(f"{name:9s} {r['seconds']:8.1f}s  {r['rows'] / r['seconds']:10,.0f} rows/s  "
                   f"peak RSS {r['peak_mib']:8,.0f} MiB"
-                  + (f"  ratio to pandas {r['seconds'] / results['pandas']['seconds']:5.2f}x"
-                     if "pandas" in results and name != "pandas" else "")
+                  + (f"  ratio to pandas {ratio:5.2f}x" if ratio is not None else "")
+                  + verdict
                   + (f"  failed_rules={r['failed_rules']} quarantined={r['quarantined_rows']}"
                      if "failed_rules" in r else ""))
 

@@ -7,10 +7,12 @@ Readers never crash deep inside a library on bad input: a malformed file raises
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 import os
-from pathlib import Path
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -42,6 +44,28 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def _parse_line(uri: str, number: int, raw: bytes) -> dict[str, Any] | None:
+    """One JSONL line as a record (None for a blank line), or a :class:`DataError` naming the line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{uri}: line {number} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{uri}: line {number} is not valid JSON ({exc.msg})") from exc
+    if not isinstance(row, dict):
+        raise DataError(f"{uri}: line {number} is a JSON {type(row).__name__}, expected an object")
+    row["_line"] = number
+    return row
+
+
+def _parquet_error(uri: str, exc: Exception) -> DataError:
+    return DataError(f"{uri}: not a readable Parquet file ({exc})")
+
+
 def iter_records(uri: str) -> Iterator[dict[str, Any]]:
     """Yield rows as dicts; each JSONL row gets its line number under ``_line``."""
     if not exists(uri):
@@ -62,25 +86,14 @@ def iter_records(uri: str) -> Iterator[dict[str, Any]]:
         except DataError:
             raise
         except Exception as exc:  # pyarrow raises many types for a corrupt file
-            raise DataError(f"{uri}: not a readable Parquet file ({exc})") from exc
+            raise _parquet_error(uri, exc) from exc
         return
     compression = "gzip" if uri.endswith(".gz") else None
     with fsspec.open(uri, "rb", compression=compression) as handle:
         for number, raw in enumerate(handle, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{uri}: line {number} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{uri}: line {number} is not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{uri}: line {number} is a JSON {type(row).__name__}, expected an object")
-            row["_line"] = number
-            yield row
+            row = _parse_line(uri, number, raw)
+            if row is not None:
+                yield row
 
 
 def read_records(uri: str) -> list[dict[str, Any]]:
@@ -103,6 +116,181 @@ def iter_chunks(uri: str, rows: int = 50_000) -> Iterator[list[dict[str, Any]]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+# --- column-wise chunks ------------------------------------------------------------------------
+
+
+class Chunk:
+    """Up to ``rows`` records of a data set, column-wise where the file allows it.
+
+    ``table`` is a pyarrow Table when the rows were read by Arrow (Parquet, or JSONL lines that
+    Arrow parses exactly as :func:`json.loads` would); its columns give whole-chunk arrays to
+    vectorized code. ``records`` are the rows as :func:`iter_records` yields them (each with
+    ``_line``): given for JSONL lines Arrow could not take, made on first use otherwise. ``lines``
+    are the rows' line numbers (JSONL) or row numbers (Parquet), from 1.
+    """
+
+    def __init__(self, lines: list[int], table: Any = None, raw: list[bytes] | None = None,
+                 records: list[dict[str, Any]] | None = None) -> None:
+        self.lines = lines
+        self.table = table
+        self._raw = raw
+        self._records = records
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> Chunk:
+        return cls([r.get("_line", i + 1) for i, r in enumerate(records)], records=records)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @property
+    def columns(self) -> set[str]:
+        """Keys present in any row, without the reader's own (``_line``)."""
+        if self.table is not None:
+            return {name for name in self.table.column_names if not name.startswith("_")}
+        return {key for record in self.records for key in record if not key.startswith("_")}
+
+    def column(self, name: str) -> Any:
+        """The Arrow array of column ``name`` (None when the chunk is not column-wise or lacks it)."""
+        if self.table is None or name not in self.table.column_names:
+            return None
+        return self.table.column(name).combine_chunks()
+
+    def compact(self) -> None:
+        """Drop the Arrow table where the raw lines can give :meth:`record` (after column-wise use)."""
+        if self._raw is not None:
+            self.table = None
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        if self._records is None:
+            self._records = [self.record(i) for i in range(len(self))]
+        return self._records
+
+    def record(self, i: int) -> dict[str, Any]:
+        """Row ``i`` exactly as :func:`iter_records` gives it."""
+        if self._records is not None:
+            return self._records[i]
+        if self._raw is not None:
+            row = json.loads(self._raw[i])
+        else:
+            row = self.table.slice(i, 1).to_pylist()[0]
+        row["_line"] = self.lines[i]
+        return row
+
+
+_ARROW_BLOCK = 1 << 22  # Arrow parses blocks of this size in parallel; a longer row gets one block
+
+
+def _arrow_table(block: bytes, count: int) -> Any:
+    """The rows of ``block`` (``count`` non-blank JSONL lines) as an Arrow table, or None where
+    Arrow could read them differently from :func:`json.loads` (the caller then parses line by line)."""
+    import numpy as np
+    import pyarrow.json as pj
+
+    # Control bytes other than JSON whitespace: json.loads rejects them; leave them to it.
+    content = np.frombuffer(block, dtype=np.uint8)
+    control = content[np.flatnonzero(content < 32)]
+    if not np.isin(control, (9, 10, 13)).all():
+        return None
+    if not block.isascii():
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    table = None
+    for size in (_ARROW_BLOCK, len(block) + 1) if len(block) > _ARROW_BLOCK else (_ARROW_BLOCK,):
+        try:
+            table = pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(block_size=size))
+        except Exception:  # noqa: BLE001, S112 (ArrowInvalid and kin: the exact reader names the line)
+            continue
+        break
+    if table is None:
+        return None
+    # Two values on one line read as two rows in Arrow and as an error in json.loads.
+    return table if table.num_rows == count else None
+
+
+def _objects_only(lines: list[bytes]) -> bool:
+    """Every line is one ``{...}`` (Arrow crashes or reads nulls on a top-level scalar line)."""
+    if all(line[:1] == b"{" and line[-2:] == b"}\n" for line in lines[:-1]):  # the usual layout: a quick look
+        last = lines[-1].rstrip(b"\n")
+        if last[:1] == b"{" and last[-1:] == b"}":
+            return True
+    return all(line.strip()[:1] == b"{" and line.strip()[-1:] == b"}" for line in lines)
+
+
+def _jsonl_chunks(uri: str, rows: int) -> Iterator[Chunk]:
+    compression = "gzip" if uri.endswith(".gz") else None
+    number = 0
+    with fsspec.open(uri, "rb", compression=compression) as handle:
+        while True:
+            lines: list[bytes] = []
+            numbers: list[int] = []
+            while len(lines) < rows:
+                batch = list(itertools.islice(handle, rows - len(lines)))
+                if not batch:
+                    break
+                for raw in batch:
+                    number += 1
+                    if raw.strip():
+                        lines.append(raw)
+                        numbers.append(number)
+            if not lines:
+                return
+            block = b"".join(lines)
+            table = _arrow_table(block, len(lines)) if _objects_only(lines) else None
+            del block
+            if table is not None:
+                yield Chunk(numbers, table=table, raw=lines)
+                continue
+            # Line by line, as iter_records reads: exact values and the exact error for a bad line.
+            records = [row for n, raw in zip(numbers, lines) if (row := _parse_line(uri, n, raw)) is not None]
+            if records:
+                yield Chunk([r["_line"] for r in records], records=records)
+
+
+def _parquet_chunks(uri: str, rows: int) -> Iterator[Chunk]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            pending: list[Any] = []
+            held = 0
+            done = 0
+            for batch in parquet.iter_batches(batch_size=min(rows, 65_536)):
+                pending.append(batch)
+                held += batch.num_rows
+                while held >= rows:
+                    table = pa.Table.from_batches(pending)
+                    yield Chunk(list(range(done + 1, done + rows + 1)), table=table.slice(0, rows))
+                    done += rows
+                    rest = table.slice(rows)
+                    pending, held = rest.to_batches(), rest.num_rows
+            if held:
+                table = pa.Table.from_batches(pending)
+                yield Chunk(list(range(done + 1, done + held + 1)), table=table)
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for a corrupt file
+        raise _parquet_error(uri, exc) from exc
+
+
+def iter_table_chunks(uri: str, rows: int = 50_000) -> Iterator[Chunk]:
+    """The rows of :func:`iter_chunks` as :class:`Chunk` objects, column-wise where Arrow reads them
+    exactly: the same chunk boundaries, row numbers and :class:`DataError` messages."""
+    if rows < 1:
+        raise ValueError(f"rows: expected 1 or more, got {rows}")
+    if not exists(uri):
+        raise DataError(f"{uri}: file not found")
+    if _format(uri) == "parquet":
+        yield from _parquet_chunks(uri, rows)
+    else:
+        yield from _jsonl_chunks(uri, rows)
 
 
 def write_jsonl(uri: str, rows: Iterable[dict[str, Any]]) -> int:

@@ -10,21 +10,26 @@ are inline SVG drawn here, and every data string is HTML-escaped.
 
 Statistics are gathered incrementally over chunks, so a million rows profile in bounded memory:
 lengths go into compact integer arrays (4 bytes a value, exact percentiles), repeats are found
-with 8-byte digests, and the bigram counter is pruned to its most frequent entries when it grows
-past :data:`BIGRAM_CAP` (its top entries are then approximate). Plain Python only: no pandas or
-plotting library is needed.
+with 64-bit keys, and the bigram counter is pruned to its most frequent entries when it grows
+past :data:`BIGRAM_CAP` (its top entries are then approximate). Each chunk is measured a column
+at a time (pyarrow.compute and numpy, the same measures as ``validate``: see
+:class:`llmops_tasks.validate.TextColumn`); no pandas or plotting library is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import html
+import itertools
 import math
 import re
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Literal
+
+import numpy as np
 
 from llmops_tasks import data, pii
 from llmops_tasks.config import field, require
@@ -32,11 +37,14 @@ from llmops_tasks.errors import StepFailed
 from llmops_tasks.settings import RunContext
 from llmops_tasks.validate import (
     TEXT_COLUMNS,
+    KeySet,
+    TextColumn,
+    _ascii_words,
     checked_columns,
-    digest,
-    flatten_text,
+    combine_keys,
     load_rule,
     read_chunks,
+    text_keys,
     token_counter,
 )
 
@@ -83,16 +91,20 @@ def percentile(ordered, q: float) -> float:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
 
+def _integers(values) -> Any:
+    return np.asarray(values, dtype=np.int64)
+
+
 def summary(values) -> dict[str, float] | None:
     if not len(values):
         return None
-    ordered = sorted(values)
+    ordered = np.sort(_integers(values))
     return {
-        "min": ordered[0],
-        "mean": round(sum(ordered) / len(ordered), 3),
+        "min": int(ordered[0]),
+        "mean": round(int(ordered.sum()) / len(ordered), 3),
         "p50": round(percentile(ordered, 0.50), 3),
         "p95": round(percentile(ordered, 0.95), 3),
-        "max": ordered[-1],
+        "max": int(ordered[-1]),
     }
 
 
@@ -100,13 +112,12 @@ def histogram(values, bins: int) -> dict[str, list[int]]:
     """Integer-width bins from min to max: ``edges[i] <= v < edges[i + 1]``."""
     if not len(values):
         return {"edges": [], "counts": []}
-    low, high = min(values), max(values)
+    values = _integers(values)
+    low, high = int(values.min()), int(values.max())
     width = max(1, math.ceil((high - low + 1) / bins))
     count = max(1, math.ceil((high - low + 1) / width))
-    counts = [0] * count
-    for value in values:
-        counts[min((value - low) // width, count - 1)] += 1
-    return {"edges": [low + i * width for i in range(count + 1)], "counts": counts}
+    counts = np.bincount(np.minimum((values - low) // width, count - 1), minlength=count)
+    return {"edges": [low + i * width for i in range(count + 1)], "counts": counts.tolist()}
 
 
 class ColumnProfile:
@@ -117,28 +128,24 @@ class ColumnProfile:
         self.tokens = array("I")
         self.missing = 0
         self.blank = 0
-        self.digests: set[bytes] = set()
+        self.keys = KeySet()
         self.repeated = 0
 
-    def add(self, texts: list[str | None], count_tokens: Callable[[list[str]], list[int]]) -> None:
-        present = [t for t in texts if t is not None]
-        self.missing += len(texts) - len(present)
-        self.blank += sum(1 for t in present if not t.strip())
-        self.chars.extend(len(t) for t in present)
-        self.tokens.extend(count_tokens(present))
-        for text in present:
-            key = digest(text)
-            if key in self.digests:
-                self.repeated += 1
-            else:
-                self.digests.add(key)
+    def add(self, text: TextColumn, tokens) -> None:
+        """One chunk's texts of this column and their token counts (one per row)."""
+        present = text.present
+        self.missing += len(text) - int(present.sum())
+        self.blank += int(text.blank().to_numpy(dtype=bool, na_value=False).sum())
+        self.chars.frombytes(text.chars()[present].astype(np.uint32).tobytes())
+        self.tokens.frombytes(tokens[present].astype(np.uint32).tobytes())
+        self.repeated += int(self.keys.add(text.keys()[present]).sum())
 
     def stats(self, bins: int) -> dict[str, Any]:
         return {
             "count": len(self.chars),
             "missing": self.missing,
             "blank": self.blank,
-            "unique": len(self.digests),
+            "unique": len(self.keys),
             "chars": summary(self.chars),
             "tokens": summary(self.tokens),
             "char_histogram": histogram(self.chars, bins),
@@ -146,21 +153,43 @@ class ColumnProfile:
         }
 
 
+# _WORD on lowered ASCII text, byte by byte: letters lowered; digits, "_" and "'" kept; the rest separates.
+_ASCII_WORD = bytes(c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122 or c in b"_'" else 32
+                    for c in range(256))
+
+
+def _bigrams(prompts) -> Any:
+    """Bigrams (``"a b"``) of the lowered words of every prompt in a pyarrow array of ASCII strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    words = _ascii_words(prompts, _ASCII_WORD)
+    flat = pc.list_flatten(words)
+    parents = pc.list_parent_indices(words)
+    keep = pc.not_equal(flat, "")
+    flat, parents = flat.filter(keep), parents.filter(keep).to_numpy()
+    pair = np.flatnonzero(parents[1:] == parents[:-1])
+    if not len(pair):
+        return pa.array([], type=pa.string())
+    return pc.binary_join_element_wise(flat.take(pair), flat.take(pair + 1), " ")
+
+
 class Profile:
     """Every statistic of the report, gathered over chunks of records."""
 
     def __init__(self, kind: str, bins: int = 20, top_k: int = 20, tokenizer: str = "") -> None:
         self.kind, self.bins, self.top_k = kind, bins, top_k
-        self.count_tokens = token_counter(tokenizer)
+        self.count_tokens = token_counter(tokenizer) if tokenizer else None
         self.tokenizer = tokenizer or "whitespace"
         self.rows = 0
         self.columns: set[str] = set()
         self.content: list[str] | None = None
         self.text_columns: dict[str, ColumnProfile] = {}
-        self.row_digests: set[bytes] = set()
+        self.row_keys = KeySet()
         self.duplicate_rows = 0
-        self.prompt_counts: Counter[bytes] = Counter()
-        self.repeated_text: dict[bytes, str] = {}
+        self.prompt_keys: list[Any] = []  # every prompt's key, chunk by chunk (8 bytes a row)
+        self.prompt_seen = KeySet()
+        self.repeated_text: dict[int, str] = {}
         self.bigrams: Counter[str] = Counter()
         self.pairs = {"pairs": 0, "chosen_chars": 0, "rejected_chars": 0, "chosen_tokens": 0, "rejected_tokens": 0,
                       "chosen_longer": 0, "same_length": 0, "identical": 0}
@@ -170,69 +199,110 @@ class Profile:
         self.pii_hits: Counter[str] = Counter()
         self.pii_rows = 0
 
-    def add(self, records: list[dict[str, Any]]) -> None:
-        n = len(records)
-        self.columns |= {key for record in records for key in record if not key.startswith("_")}
-        texts = {c: [flatten_text(r.get(c))[0] for r in records] for c in TEXT_COLUMNS if c in self.columns}
-        for column, values in texts.items():
-            self.text_columns.setdefault(column, ColumnProfile()).add(values, self.count_tokens)
+    def add(self, chunk: data.Chunk | list[dict[str, Any]]) -> None:
+        if isinstance(chunk, list):
+            chunk = data.Chunk.from_records(chunk)
+        n = len(chunk)
+        self.columns |= chunk.columns
+        texts = {c: TextColumn.of(chunk, c) for c in TEXT_COLUMNS if c in self.columns}
+        tokens = {}
+        for column, text in texts.items():
+            present = text.present
+            if self.count_tokens is None:
+                tokens[column] = text.word_counts()
+            else:
+                tokens[column] = np.zeros(n, dtype=np.int64)
+                tokens[column][present] = self.count_tokens(text.texts[present].tolist())
+            self.text_columns.setdefault(column, ColumnProfile()).add(text, tokens[column])
         if self.content is None:
             required, _ = checked_columns(self.kind, self.columns)
             self.content = [c for c in required if c in texts] or list(texts)
-        for i in range(n):
-            key = digest(*(texts[c][i] if c in texts else None for c in self.content))
-            if key in self.row_digests:
-                self.duplicate_rows += 1
-            else:
-                self.row_digests.add(key)
-        for i in range(n):
-            hits = set()
-            for values in texts.values():
-                if values[i] is not None:
-                    hits.update(pii.kinds_in(values[i]))
-            self.pii_hits.update(hits)
-            self.pii_rows += bool(hits)
+        keys = [texts[c].keys() if c in texts else text_keys(np.full(n, None, dtype=object)) for c in self.content]
+        if keys:
+            self.duplicate_rows += int(self.row_keys.add(combine_keys(*keys)).sum())
+        hits: dict[int, set[str]] = {}
+        for text in texts.values():
+            for i, kinds in text.pii(list(pii.KINDS)).items():
+                hits.setdefault(i, set()).update(kinds)
+        for kinds in hits.values():
+            self.pii_hits.update(kinds)
+        self.pii_rows += len(hits)
         if "prompt" in texts:
-            self._add_prompts([p for p in texts["prompt"] if p is not None])
+            self._add_prompts(texts["prompt"])
         if "source" in self.columns:
-            sources = ["(missing)" if r.get("source") in (None, "") else str(r.get("source")) for r in records]
-            self.sources.update(sources)
+            sources = self._sources(chunk)
+            names, counts = np.unique(sources, return_counts=True)
+            self.sources.update(dict(zip(names.tolist(), counts.tolist())))
         else:
-            sources = [None] * n
+            sources = None
         if "chosen" in texts and "rejected" in texts:
-            self._add_pairs(texts["chosen"], texts["rejected"], sources)
+            self._add_pairs(texts["chosen"], texts["rejected"], tokens["chosen"], tokens["rejected"], sources)
         self.rows += n
 
-    def _add_prompts(self, prompts: list[str]) -> None:
-        for prompt in prompts:
-            key = digest(prompt)
-            self.prompt_counts[key] += 1
-            if self.prompt_counts[key] == 2:
-                self.repeated_text[key] = prompt
-            words = _WORD.findall(prompt.lower())
-            self.bigrams.update(f"{a} {b}" for a, b in zip(words, words[1:]))
+    @staticmethod
+    def _sources(chunk: data.Chunk) -> Any:
+        """Each row's source as text, ``(missing)`` for none or an empty one."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        array = chunk.column("source")
+        if chunk.table is not None and (array is None or pa.types.is_null(array.type)):
+            return np.full(len(chunk), "(missing)", dtype=object)
+        if array is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            filled = pc.if_else(pc.fill_null(pc.equal(array, ""), True), "(missing)", array)
+            return filled.to_numpy(zero_copy_only=False)
+        sources = np.empty(len(chunk), dtype=object)
+        sources[:] = ["(missing)" if r.get("source") in (None, "") else str(r.get("source")) for r in chunk.records]
+        return sources
+
+    def _add_prompts(self, prompt: TextColumn) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        present = np.flatnonzero(prompt.present)
+        keys = prompt.keys()[present]
+        self.prompt_keys.append(keys)
+        texts = prompt.texts[present]
+        for i in np.flatnonzero(self.prompt_seen.add(keys)).tolist():
+            key = int(keys[i])
+            if key not in self.repeated_text:
+                self.repeated_text[key] = texts[i]
+        # Bigrams: ASCII prompts column-wise, the others (Unicode words, lone surrogates) row by row.
+        values = prompt.values.take(present)
+        ascii_rows = pc.fill_null(pc.string_is_ascii(values), False).to_numpy(zero_copy_only=False)
+        counted = pc.value_counts(_bigrams(values.filter(pa.array(ascii_rows))))
+        self.bigrams.update(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
+        for text in texts[~ascii_rows].tolist():
+            words = _WORD.findall(text.lower())
+            self.bigrams.update(f"{a} {b}" for a, b in itertools.pairwise(words))
         if len(self.bigrams) > BIGRAM_CAP:
             self.bigrams = Counter(dict(self.bigrams.most_common(BIGRAM_CAP // 2)))
 
-    def _add_pairs(self, chosen: list, rejected: list, sources: list) -> None:
+    def _add_pairs(self, chosen: TextColumn, rejected: TextColumn, chosen_tokens, rejected_tokens, sources) -> None:
         p = self.pairs
-        pairs = [(c, r, s) for c, r, s in zip(chosen, rejected, sources) if c is not None and r is not None]
-        chosen_tokens = self.count_tokens([c for c, _, _ in pairs])
-        rejected_tokens = self.count_tokens([r for _, r, _ in pairs])
-        for (c, r, source), ct, rt in zip(pairs, chosen_tokens, rejected_tokens):
-            p["pairs"] += 1
-            p["chosen_chars"] += len(c)
-            p["rejected_chars"] += len(r)
-            p["chosen_tokens"] += ct
-            p["rejected_tokens"] += rt
-            p["chosen_longer"] += len(c) > len(r)
-            p["same_length"] += len(c) == len(r)
-            p["identical"] += c == r
-            self.pair_diffs.append(len(c) - len(r))
-            if source is not None:
-                entry = self.source_pairs.setdefault(source, [0, 0])
-                entry[0] += 1
-                entry[1] += len(c) > len(r)
+        both = chosen.present & rejected.present
+        rows = np.flatnonzero(both)
+        chosen_texts, rejected_texts = chosen.texts[rows], rejected.texts[rows]
+        c = chosen.chars()[rows].astype(np.int64)
+        r = rejected.chars()[rows].astype(np.int64)
+        p["pairs"] += len(rows)
+        p["chosen_chars"] += int(c.sum())
+        p["rejected_chars"] += int(r.sum())
+        p["chosen_tokens"] += int(chosen_tokens[rows].sum())
+        p["rejected_tokens"] += int(rejected_tokens[rows].sum())
+        longer = c > r
+        p["chosen_longer"] += int(longer.sum())
+        p["same_length"] += int((c == r).sum())
+        p["identical"] += int((chosen_texts == rejected_texts).sum())
+        self.pair_diffs.frombytes((c - r).astype(np.int32).tobytes())
+        if sources is not None and len(rows):
+            names, inverse = np.unique(sources[rows], return_inverse=True)
+            pairs = np.bincount(inverse, minlength=len(names))
+            longer_counts = np.bincount(inverse, weights=longer, minlength=len(names))
+            for name, count, more in zip(names.tolist(), pairs.tolist(), longer_counts.tolist()):
+                entry = self.source_pairs.setdefault(name, [0, 0])
+                entry[0] += count
+                entry[1] += int(more)
 
     def report(self) -> dict[str, Any]:
         rows = self.rows
@@ -251,16 +321,20 @@ class Profile:
             "pii": {"rows_with_hits": self.pii_rows, "rows_by_kind": dict(sorted(self.pii_hits.items()))},
         }
         if "prompt" in self.text_columns:
-            total = sum(self.prompt_counts.values())
-            repeated = [(self.repeated_text[k], n) for k, n in self.prompt_counts.items() if n > 1]
+            keys = np.concatenate(self.prompt_keys) if self.prompt_keys else np.empty(0, dtype=np.uint64)
+            unique, counts = np.unique(keys, return_counts=True)
+            total = len(keys)
+            repeated = [(self.repeated_text[k], n) for k, n in zip(unique[counts > 1].tolist(),
+                                                                     counts[counts > 1].tolist())]
             top = sorted(repeated, key=lambda item: (-item[1], item[0]))[: self.top_k]
-            ranked = sorted(self.bigrams.items(), key=lambda item: (-item[1], item[0]))[: self.top_k]
+            ranked = heapq.nsmallest(self.top_k, self.bigrams.items(), key=lambda item: (-item[1], item[0]))
             report["prompts"] = {
-                "unique": len(self.prompt_counts),
-                "duplication_rate": round((total - len(self.prompt_counts)) / total, 6) if total else 0.0,
+                "unique": len(unique),
+                "duplication_rate": round((total - len(unique)) / total, 6) if total else 0.0,
                 "most_repeated": [{"prompt": p, "count": n} for p, n in top],
                 "top_bigrams": [{"bigram": gram, "count": n} for gram, n in ranked],
             }
+
         p = self.pairs
         if "chosen" in self.text_columns and "rejected" in self.text_columns:
             n = p["pairs"]
@@ -290,8 +364,9 @@ def _signed_histogram(values, bins: int) -> dict[str, list[int]]:
     """:func:`histogram` for values that may be negative (chosen minus rejected lengths)."""
     if not len(values):
         return {"edges": [], "counts": []}
-    low = min(values)
-    shifted = histogram([v - low for v in values], bins)
+    values = _integers(values)
+    low = int(values.min())
+    shifted = histogram(values - low, bins)
     return {"edges": [e + low for e in shifted["edges"]], "counts": shifted["counts"]}
 
 

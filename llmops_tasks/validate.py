@@ -1,14 +1,16 @@
 """Stop bad data at the door: check a data set against a Great Expectations suite before training.
 
-A data set is read in chunks (``chunk_rows`` at a time), so a million rows validate in bounded
-memory. Each chunk becomes a table of per-row measurements (text type, characters, tokens of the
-configured tokenizer, blank, control characters, invalid UTF-8, PII kinds found, repeats of an
-earlier row, prompt, id or pair, overlap with the ``against`` data set) and the suite checks that
-table with a real GX context, one batch per chunk; counts and row ids are added up over the
-chunks. Measuring in Python and letting GX check numbers keeps GX off the raw text, which it
-would fingerprint and convert column by column (several times slower on long text). Statistics
-of the whole data set (row count, columns present, prompt duplication rate, chosen-vs-rejected
-length bias) are computed while streaming and reported alongside the GX rules.
+A data set is read in chunks (``chunk_rows`` at a time, column-wise through Arrow where it reads
+the file exactly as the line-by-line reader would: :func:`data.iter_table_chunks`), so a million
+rows validate in bounded memory. Each chunk becomes a table of per-row measurements (text type,
+characters, tokens of the configured tokenizer, blank, control characters, invalid UTF-8, PII
+kinds found, repeats of an earlier row, prompt, id or pair, overlap with the ``against`` data
+set), measured a column at a time (:class:`TextColumn`), and the suite checks those tables with a
+real GX context, one batch per ``gx_batch_rows`` rows (whole chunks); counts and row ids are
+added up over the batches. Measuring here and letting GX check numbers keeps GX off the raw text,
+which it would fingerprint and convert column by column (several times slower on long text).
+Statistics of the whole data set (row count, columns present, prompt duplication rate,
+chosen-vs-rejected length bias) are computed while streaming and reported alongside the GX rules.
 
 Every rule has a severity (``block`` or ``warn``) and a ``mostly`` threshold from the config.
 Blocking failures raise :class:`StepFailed` (CLI exit code 1) naming each rule, its count and
@@ -18,14 +20,14 @@ it broke. ``validation.json`` lists every rule; GX Data Docs (HTML) are built un
 / ``row N``), and conversational rows are flattened to their text first, so the same rules apply
 to both forms.
 
-great_expectations, pandas and transformers are imported inside functions: ``llmops --help``
-must stay fast, and transformers only loads when a tokenizer is configured.
+great_expectations, pandas, pyarrow, numpy and transformers are imported inside functions:
+``llmops --help`` must stay fast, and transformers only loads when a tokenizer is configured.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -134,6 +136,9 @@ class ValidateConfig:
         default_factory=dict,
         help="share of rows (0 to 1) that must pass a row rule, per family or exact rule name; default 1.0")
     chunk_rows: int = field(50_000, help="rows read and checked at a time; bounds memory for large data sets")
+    gx_batch_rows: int = field(
+        250_000, help="rows per Great Expectations batch: the measurements of consecutive chunks (whole chunks) "
+                      "are checked together, as each GX run has a fixed cost (about 0.4 s)")
     data_docs: bool = field(True, help="build Great Expectations Data Docs (HTML) under {report_dir}/gx")
 
     def __post_init__(self) -> None:
@@ -169,6 +174,7 @@ class ValidateConfig:
         _check_rule_keys("mostly", self.mostly)
         self.mostly = {key: _share(f"mostly.{key}", value) for key, value in self.mostly.items()}
         require(self.chunk_rows >= 1, f"chunk_rows: expected 1 or more, got {self.chunk_rows}")
+        require(self.gx_batch_rows >= 1, f"gx_batch_rows: expected 1 or more, got {self.gx_batch_rows}")
 
     def severity_of(self, rule: str) -> str:
         family = _family_of(rule)
@@ -250,12 +256,6 @@ def normalize(text: str) -> str:
     return _NON_WORD.sub(" ", text.casefold()).strip()
 
 
-def digest(*parts: str | None) -> bytes:
-    """8 bytes per key: a million rows' duplicate sets stay in tens of megabytes."""
-    joined = "\x1f".join("\x00" if p is None else p for p in parts)
-    return hashlib.blake2b(joined.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-
-
 def token_counter(tokenizer: str) -> Callable[[list[str]], list[int]]:
     """Token counts for a batch of texts: the configured tokenizer's, else whitespace words."""
     if not tokenizer:
@@ -274,19 +274,350 @@ def token_counter(tokenizer: str) -> Callable[[list[str]], list[int]]:
     return count
 
 
+# --- column-wise measurement ---------------------------------------------------------------------
+#
+# A chunk's text columns are measured a column at a time: pyarrow.compute (RE2) for lengths,
+# blanks, control characters and the PII pre-scan, numpy on the UTF-8 bytes for word counts and
+# the normalized form of ASCII text, and 64-bit keys from pandas' vectorized hash for repeats.
+# Python runs only on the rows that need it (PII candidates, non-ASCII text for NFKC, texts
+# holding lone surrogates). Each measure equals its per-row definition (``len``, ``not t.strip()``,
+# :data:`_CONTROL`, :func:`normalize`, :func:`pii.kinds_in`, ``len(t.split())``);
+# tests/test_validate.py checks them against each other on awkward text.
+
+# The characters Python's str.split() and str.strip() treat as whitespace (str.isspace()).
+WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+              "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_RE2_NOT_BLANK = "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
+_RE2_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{7f}-\x{9f}]"
+_ASCII_CONTROL = bytes([*range(9), 11, 12, *range(14, 32), 127])
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# normalize() of an ASCII text, on its bytes: letters lowered, digits kept, the rest a separator.
+_ASCII_FOLD = bytes(c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256))
+# str.split() on bytes: ASCII whitespace (the rest of WHITESPACE is multi-byte, found by RE2).
+_SPACE_BYTES = b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
+_RE2_WIDE_SPACE = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE if ord(c) > 127) + "]"
+_NULL_KEY = 0x9E3779B97F4A7C15  # the key of a missing text (hashing None would equal the text "None")
+_KEY_MIX = 0x100000001B3
+
+
+def text_keys(texts) -> Any:
+    """64-bit keys of texts or UTF-8 bytes (None: a key of its own), the same in every chunk and run."""
+    import numpy as np
+    import pandas as pd
+
+    values = np.asarray(texts, dtype=object)
+    missing = np.equal(values, None)
+    if missing.any():
+        values = values.copy()
+        values[missing] = ""
+    keys = pd.util.hash_array(values, categorize=False) if len(values) else np.empty(0, np.uint64)
+    keys[missing] = _NULL_KEY
+    return keys
+
+
+def flags_where(values, valid) -> Any:
+    """A pandas nullable boolean array: ``values`` where ``valid``, NA elsewhere. GX checks it
+    column-wise (an object column of True/False/None costs it a Python call per value)."""
+    import numpy as np
+    import pandas as pd
+
+    return pd.arrays.BooleanArray(np.asarray(values, dtype=bool), ~np.asarray(valid, dtype=bool))
+
+
+def combine_keys(*columns) -> Any:
+    """One key per row from the keys of several columns (order matters)."""
+    import numpy as np
+
+    combined = columns[0].copy()
+    for keys in columns[1:]:
+        combined = (combined * np.uint64(_KEY_MIX)) ^ keys
+    return combined
+
+
+def _utf8(values) -> tuple[Any, Any]:
+    """(UTF-8 bytes, row bounds) of a pyarrow string array: row ``i`` is ``bytes[bounds[i]:bounds[i + 1]]``
+    (a null row may hold bytes too: callers mask it)."""
+    import numpy as np
+
+    _, offsets, raw = values.buffers()
+    n = len(values)
+    bounds = np.frombuffer(offsets, dtype=np.int32)[values.offset:values.offset + n + 1].astype(np.int64)
+    low, high = int(bounds[0]), int(bounds[-1])
+    content = np.frombuffer(raw, dtype=np.uint8)[low:high] if raw is not None else np.empty(0, dtype=np.uint8)
+    return content, bounds - low
+
+
+def _byte_table(chars: bytes) -> Any:
+    import numpy as np
+
+    table = np.zeros(256, dtype=bool)
+    table[list(chars)] = True
+    return table
+
+
+def _rows_with(values, table) -> Any:
+    """Per row, whether any of its bytes is marked in ``table`` (256 booleans)."""
+    import numpy as np
+
+    content, bounds = _utf8(values)
+    found = np.zeros(len(values), dtype=bool)
+    hits = np.flatnonzero(table[content])
+    if len(hits):
+        found[np.unique(np.searchsorted(bounds, hits, side="right") - 1)] = True
+    return found
+
+
+def _ascii_words(values, table) -> Any:
+    """Per row, the runs of bytes that ``table`` (256 bytes) keeps; the bytes it maps to a space separate
+    them. Offsets are shared with ``values``, so row ``i`` of the result belongs to row ``i``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    validity, offsets, raw = values.buffers()
+    mapped = np.frombuffer(table, dtype=np.uint8)[np.frombuffer(raw, dtype=np.uint8)] if raw is not None else b""
+    folded = pa.StringArray.from_buffers(len(values), offsets, pa.py_buffer(mapped), validity, values.null_count,
+                                         values.offset)
+    return pc.ascii_split_whitespace(folded)
+
+
+def _word_starts(word, bounds) -> Any:
+    """Positions of the bytes that open a word: a word byte first in its row or after a non-word byte."""
+    import numpy as np
+
+    opens = word.copy()
+    opens[1:] &= ~word[:-1]
+    first = bounds[:-1][bounds[1:] > bounds[:-1]]
+    opens[first] = word[first]
+    return np.flatnonzero(opens)
+
+
+def _joined_words(values, table) -> Any:
+    """Per row (ASCII text): the runs of bytes ``table`` keeps, joined by one space: ``" ".join(words)``
+    for the words of :func:`_ascii_words`, computed on the bytes of the whole column at once."""
+    import numpy as np
+    import pyarrow as pa
+
+    content, bounds = _utf8(values)
+    mapped = np.frombuffer(table, dtype=np.uint8)[content]
+    word = mapped != 32
+    keep = word.copy()
+    # Every word but the first of its row keeps the separator byte just before it (mapped to a space).
+    starts = _word_starts(word, bounds)
+    later = np.ones(len(starts), dtype=bool)
+    first = np.searchsorted(starts, bounds[:-1])  # each row's first word, where it has one
+    has_word = first < len(starts)
+    has_word[has_word] = starts[first[has_word]] < bounds[1:][has_word]
+    later[first[has_word]] = False
+    keep[starts[later] - 1] = True
+    # Bytes kept per row: its word bytes, and one separator per word after the first.
+    separators = np.flatnonzero(~word)
+    words = np.searchsorted(starts, bounds[1:]) - np.searchsorted(starts, bounds[:-1])
+    kept = (np.diff(bounds) - (np.searchsorted(separators, bounds[1:]) - np.searchsorted(separators, bounds[:-1]))
+            + np.maximum(words - 1, 0))
+    new_bounds = np.concatenate([[0], np.cumsum(kept)]).astype(np.int32)
+    return pa.StringArray.from_buffers(len(values), pa.py_buffer(new_bounds), pa.py_buffer(mapped[keep]))
+
+
+class KeySet:
+    """The distinct keys seen so far, sorted: membership for a whole chunk at a time."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.keys = np.empty(0, dtype=np.uint64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def contains(self, keys) -> Any:
+        import numpy as np
+
+        if not len(self.keys):
+            return np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[at] == keys
+
+    def add(self, keys) -> Any:
+        """Add ``keys``; True where a key was already here or earlier in ``keys`` (a repeat)."""
+        import numpy as np
+
+        unique, first = np.unique(keys, return_index=True)
+        repeat = np.ones(len(keys), dtype=bool)
+        repeat[first] = False
+        repeat |= self.contains(keys)
+        new = unique[~self.contains(unique)]
+        if len(new):
+            merged = np.concatenate([self.keys, new])
+            merged.sort(kind="stable")  # two sorted runs: a linear merge
+            self.keys = merged
+        return repeat
+
+
+class TextColumn:
+    """One text column of a chunk: flattened texts (a pyarrow string array) and their types.
+
+    ``kinds`` per row: ``text``, ``messages``, a wrong type's name, or None (missing). Texts Arrow
+    cannot hold (lone surrogates, from JSON escapes) are null in ``values`` and kept in ``odd``.
+    """
+
+    def __init__(self, values, kinds, odd: dict[int, str]) -> None:
+        import numpy as np
+        import pyarrow.compute as pc
+
+        self.values = values
+        self.kinds = kinds
+        self.present = np.not_equal(kinds, None)  # False where missing
+        self.odd = odd
+        self._texts = None
+        self._ascii = pc.fill_null(pc.string_is_ascii(values), True)
+        # All ASCII (the common case): byte-level checks replace the Unicode-aware ones.
+        self.all_ascii = pc.all(self._ascii).as_py() is not False
+
+    @classmethod
+    def of(cls, chunk: data.Chunk, column: str) -> TextColumn:
+        import numpy as np
+        import pyarrow as pa
+
+        n = len(chunk)
+        array = chunk.column(column)
+        if chunk.table is not None and (array is None or pa.types.is_null(array.type)):
+            return cls(pa.nulls(n, pa.string()), np.full(n, None, dtype=object), {})
+        if array is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            kinds = np.full(n, None, dtype=object)
+            kinds[array.is_valid().to_numpy(zero_copy_only=False)] = "text"
+            return cls(array.cast(pa.string()), kinds, {})
+        # Anything else (message lists, wrong types) is flattened row by row from the exact JSON values.
+        pairs = [flatten_text(record.get(column)) for record in chunk.records]
+        texts = [t for t, _ in pairs]
+        odd = {i: t for i, t in enumerate(texts) if t is not None and _SURROGATE.search(t)}
+        for i in odd:
+            texts[i] = None
+        kinds = np.empty(n, dtype=object)
+        kinds[:] = [k for _, k in pairs]
+        return cls(pa.array(texts, type=pa.string()), kinds, odd)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def texts(self) -> Any:
+        """The texts as a numpy object array (None where missing), odd ones included."""
+        if self._texts is None:
+            texts = self.values.to_numpy(zero_copy_only=False)
+            if self.odd:
+                texts = texts.copy()
+                for i, text in self.odd.items():
+                    texts[i] = text
+            self._texts = texts
+        return self._texts
+
+    def _flags(self, flags, odd_rule: Callable[[str], bool]) -> Any:
+        """A boolean compute result as a nullable boolean array (NA where the text is missing)."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        values = np.array(pc.fill_null(flags, False).to_numpy(zero_copy_only=False), dtype=bool)
+        for i, text in self.odd.items():
+            values[i] = odd_rule(text)
+        return flags_where(values, self.present)
+
+    def chars(self) -> Any:
+        """Characters per text as float64 (NaN where missing)."""
+        import pyarrow.compute as pc
+
+        chars = pc.utf8_length(self.values).to_numpy(zero_copy_only=False).astype("float64")
+        for i, text in self.odd.items():
+            chars[i] = len(text)
+        return chars
+
+    def blank(self) -> Any:
+        import pyarrow.compute as pc
+
+        return self._flags(pc.invert(pc.match_substring_regex(self.values, _RE2_NOT_BLANK)),
+                           lambda t: not t.strip())
+
+    def control_chars(self) -> Any:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.all_ascii:
+            flags = pa.array(_rows_with(self.values, _byte_table(_ASCII_CONTROL)))
+        else:
+            flags = pc.match_substring_regex(self.values, _RE2_CONTROL)
+        return self._flags(flags, lambda t: _CONTROL.search(t) is not None)
+
+    def valid_utf8(self) -> Any:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.all_ascii:  # U+FFFD is not ASCII
+            flags = pa.array(np.ones(len(self), dtype=bool))
+        else:
+            flags = pc.invert(pc.match_substring_regex(self.values, "\\x{fffd}"))
+        return self._flags(flags, lambda t: _BAD_UTF8.search(t) is None)
+
+    def pii(self, kinds: list[str] | None) -> dict[int, list[str]]:
+        """``{row: kinds found}`` for the rows holding a hit."""
+        found = pii.kinds_in_texts(self.values, kinds)
+        for i, text in self.odd.items():
+            hit = pii.kinds_in(text, kinds)
+            if hit:
+                found[i] = hit
+        return found
+
+    def keys(self) -> Any:
+        """:func:`text_keys` of each text."""
+        texts = self.texts
+        if self.odd:
+            texts = texts.copy()
+            for i, text in self.odd.items():
+                texts[i] = text.encode("utf-8", "surrogatepass")
+        return text_keys(texts)
+
+    def normalized_keys(self) -> Any:
+        """:func:`text_keys` of :func:`normalize` of each text: ASCII texts folded column-wise."""
+        import numpy as np
+
+        keys = np.array(_joined_words(self.values, _ASCII_FOLD).to_numpy(zero_copy_only=False), dtype=object)
+        keys[~self.present] = None
+        texts = self.texts
+        other = np.flatnonzero(self.present & ~self._ascii.to_numpy(zero_copy_only=False)).tolist()
+        for i in other + list(self.odd):  # NFKC, casefold and Unicode word characters: row by row
+            keys[i] = normalize(texts[i]).encode("utf-8", "surrogatepass")
+        return text_keys(keys)
+
+    def word_counts(self) -> Any:
+        """``len(text.split())`` per row (0 where missing), counted on the UTF-8 bytes."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        content, bounds = _utf8(self.values)
+        starts = _word_starts(~_byte_table(_SPACE_BYTES)[content], bounds)
+        counts = np.searchsorted(starts, bounds[1:]) - np.searchsorted(starts, bounds[:-1])
+        counts[~self.present] = 0
+        texts = self.texts
+        wide = [] if self.all_ascii else np.flatnonzero(pc.fill_null(
+            pc.match_substring_regex(self.values, _RE2_WIDE_SPACE), False).to_numpy(zero_copy_only=False)).tolist()
+        for i in wide + list(self.odd):
+            counts[i] = len(texts[i].split())
+        return counts
+
+
 # --- the measurement table GX checks ------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Seen:
-    """What earlier chunks left behind: digests of rows, prompts and ids, and running totals."""
+    """What earlier chunks left behind: keys of rows, prompts and ids, and running totals."""
 
-    rows: set = dataclasses.field(default_factory=set)
-    normalized_rows: set = dataclasses.field(default_factory=set)
-    prompts: set = dataclasses.field(default_factory=set)
-    ids: set = dataclasses.field(default_factory=set)
-    against_exact: set = dataclasses.field(default_factory=set)
-    against_normalized: set = dataclasses.field(default_factory=set)
+    rows: KeySet = dataclasses.field(default_factory=KeySet)
+    normalized_rows: KeySet = dataclasses.field(default_factory=KeySet)
+    prompts: KeySet = dataclasses.field(default_factory=KeySet)
+    ids: KeySet = dataclasses.field(default_factory=KeySet)
+    against_exact: KeySet = dataclasses.field(default_factory=KeySet)
+    against_normalized: KeySet = dataclasses.field(default_factory=KeySet)
     row_count: int = 0
     repeated_prompts: int = 0
     pairs: int = 0
@@ -297,116 +628,116 @@ class Seen:
     pii_hits: Counter = dataclasses.field(default_factory=Counter)
 
 
-def measure(records: list[dict[str, Any]], text_columns: tuple[str, ...], key_columns: tuple[str, ...],
+def row_ids(chunk: data.Chunk, label: str = "line") -> tuple[list[str], Any]:
+    """(:func:`row_id` of every row, each row's ``id`` as text or None): column-wise where the
+    ``id`` column is text or integers, else from the records."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(chunk)
+    array = chunk.column("id")
+    if chunk.table is not None and (array is None or pa.types.is_null(array.type)):
+        values = np.full(n, None, dtype=object)
+    elif array is not None and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+                                or pa.types.is_integer(array.type)):
+        text = array.cast(pa.string())
+        values = text.to_numpy(zero_copy_only=False)
+        blank = pc.fill_null(pc.invert(pc.match_substring_regex(text, _RE2_NOT_BLANK)), True)
+        if pa.types.is_integer(array.type):
+            blank = pc.is_null(array)
+        ids = values.copy()
+        for i in np.flatnonzero(blank.to_numpy(zero_copy_only=False)).tolist():
+            ids[i] = f"{label} {chunk.lines[i]}"
+        return ids.tolist(), values
+    else:
+        values = np.empty(n, dtype=object)
+        values[:] = [None if r.get("id") is None else str(r["id"]) for r in chunk.records]
+        return [row_id(r, label) for r in chunk.records], values
+    return [f"{label} {line}" for line in chunk.lines], values
+
+
+def measure(chunk: data.Chunk, text_columns: tuple[str, ...], key_columns: tuple[str, ...],
             config: ValidateConfig, seen: Seen, count_tokens: Callable[[list[str]], list[int]],
             id_label: str, offset: int):
     """One row per record: its id, position, and what each rule needs to know about it."""
+    import numpy as np
     import pandas as pd
 
-    n = len(records)
-    table: dict[str, list] = {"id": [row_id(r, id_label) for r in records], "row": list(range(offset, offset + n))}
-    texts: dict[str, list[str | None]] = {}
-    for column in text_columns:
-        values, kinds = [], []
-        for record in records:
-            text, kind = flatten_text(record.get(column))
-            values.append(text)
-            kinds.append(kind)
-        texts[column] = values
-        present = [i for i, t in enumerate(values) if t is not None]
-        tokens: list[int | None] = [None] * n
+    if isinstance(chunk, list):
+        chunk = data.Chunk.from_records(chunk)
+    n = len(chunk)
+    ids, id_values = row_ids(chunk, id_label)
+    frame: dict[str, Any] = {"id": pd.Series(ids, dtype=object), "row": pd.Series(np.arange(offset, offset + n))}
+    columns = {column: TextColumn.of(chunk, column) for column in text_columns}
+    for column, text in columns.items():
+        tokens = np.full(n, np.nan)
         if config.max_tokens or config.min_tokens:
-            for i, count in zip(present, count_tokens([values[i] for i in present])):
-                tokens[i] = count
-        table[column + TYPE_SUFFIX] = kinds
-        table[column + "__chars"] = [None if t is None else len(t) for t in values]
-        table[column + "__tokens"] = tokens
-        table[column + "__blank"] = [None if t is None else not t.strip() for t in values]
-        table[column + "__control_chars"] = [None if t is None else _CONTROL.search(t) is not None for t in values]
-        table[column + "__valid_utf8"] = [None if t is None else _BAD_UTF8.search(t) is None for t in values]
+            present = np.flatnonzero(text.present)
+            if config.tokenizer:
+                tokens[present] = count_tokens(text.texts[present].tolist())
+            else:
+                tokens[present] = text.word_counts()[present]
+        frame[column + TYPE_SUFFIX] = pd.Series(text.kinds, dtype=object)
+        frame[column + "__chars"] = pd.Series(text.chars(), dtype="float64")
+        frame[column + "__tokens"] = pd.Series(tokens, dtype="float64")
+        frame[column + "__blank"] = pd.Series(text.blank())
+        frame[column + "__control_chars"] = pd.Series(text.control_chars())
+        frame[column + "__valid_utf8"] = pd.Series(text.valid_utf8())
 
     if config.pii_kinds:
-        found: list[str | None] = []
-        for i in range(n):
-            hits = []
-            for column in text_columns:
-                text = texts[column][i]
-                if text is not None:
-                    kinds = pii.kinds_in(text, config.pii_kinds)
-                    seen.pii_hits.update(kinds)
-                    hits.extend(f"{column}:{kind}" for kind in kinds)
-            found.append(", ".join(hits) or None)
-        table["pii__found"] = found
+        found: dict[int, list[str]] = {}
+        for column, text in columns.items():
+            for i, kinds in sorted(text.pii(config.pii_kinds).items()):
+                seen.pii_hits.update(kinds)
+                found.setdefault(i, []).extend(f"{column}:{kind}" for kind in kinds)
+        hits = np.full(n, None, dtype=object)
+        for i, names in found.items():
+            hits[i] = ", ".join(names)
+        frame["pii__found"] = pd.Series(hits, dtype=object)
 
     # Always present (None for rows without an id), so every chunk's table has the same columns.
-    repeats = []
-    for record in records:
-        value = record.get("id")
-        if value is None:
-            repeats.append(None)
-            continue
-        key = digest(str(value))
-        repeats.append(key in seen.ids)
-        seen.ids.add(key)
-    table["id__repeats"] = repeats
+    has_id = np.not_equal(id_values, None)
+    repeats = np.zeros(n, dtype=bool)
+    repeats[has_id] = seen.ids.add(text_keys(id_values[has_id]))
+    frame["id__repeats"] = pd.Series(flags_where(repeats, has_id))
 
     if key_columns and config.check_duplicates:
-        exact, near = [], []
-        for i in range(n):
-            parts = [texts[c][i] for c in key_columns]
-            key = digest(*parts)
-            normalized_key = digest(*(None if p is None else normalize(p) for p in parts))
-            is_exact = key in seen.rows
-            exact.append(is_exact)
-            near.append(not is_exact and normalized_key in seen.normalized_rows)
-            seen.rows.add(key)
-            seen.normalized_rows.add(normalized_key)
-        table["row__duplicate"] = exact
-        table["row__normalized_duplicate"] = near
+        exact = seen.rows.add(combine_keys(*(columns[c].keys() for c in key_columns)))
+        near = seen.normalized_rows.add(combine_keys(*(columns[c].normalized_keys() for c in key_columns)))
+        everywhere = np.ones(n, dtype=bool)
+        frame["row__duplicate"] = pd.Series(flags_where(exact, everywhere))
+        frame["row__normalized_duplicate"] = pd.Series(flags_where(near & ~exact, everywhere))
 
-    if "prompt" in texts:
-        in_exact, in_normalized = [], []
-        for prompt in texts["prompt"]:
-            if prompt is None:
-                in_exact.append(None)
-                in_normalized.append(None)
-                continue
-            key = digest(prompt)
-            if key in seen.prompts:
-                seen.repeated_prompts += 1
-            seen.prompts.add(key)
-            if seen.against_exact or seen.against_normalized:
-                exact_hit = key in seen.against_exact
-                in_exact.append(exact_hit)
-                in_normalized.append(not exact_hit and digest(normalize(prompt)) in seen.against_normalized)
-        if seen.against_exact or seen.against_normalized:
-            table["prompt__in_against"] = in_exact
-            table["prompt__in_against_normalized"] = in_normalized
+    if "prompt" in columns:
+        prompt = columns["prompt"]
+        present = prompt.present
+        keys = prompt.keys()[present]
+        seen.repeated_prompts += int(seen.prompts.add(keys).sum())
+        if len(seen.against_exact) or len(seen.against_normalized):
+            in_exact = np.zeros(n, dtype=bool)
+            in_normalized = np.zeros(n, dtype=bool)
+            exact_hit = seen.against_exact.contains(keys)
+            normalized_hit = seen.against_normalized.contains(prompt.normalized_keys()[present])
+            in_exact[present] = exact_hit
+            in_normalized[present] = normalized_hit & ~exact_hit
+            frame["prompt__in_against"] = pd.Series(flags_where(in_exact, present))
+            frame["prompt__in_against_normalized"] = pd.Series(flags_where(in_normalized, present))
 
-    if "chosen" in texts and "rejected" in texts:
-        equal = []
-        for chosen, rejected in zip(texts["chosen"], texts["rejected"]):
-            if chosen is None or rejected is None:
-                equal.append(None)
-                continue
-            equal.append(chosen == rejected)
-            seen.pairs += 1
-            seen.chosen_longer += len(chosen) > len(rejected)
-            seen.same_length += len(chosen) == len(rejected)
-            seen.chosen_chars += len(chosen)
-            seen.rejected_chars += len(rejected)
-        table[PAIR_EQUAL_COLUMN] = equal
+    if "chosen" in columns and "rejected" in columns:
+        chosen, rejected = columns["chosen"], columns["rejected"]
+        both = chosen.present & rejected.present
+        equal = np.zeros(n, dtype=bool)
+        equal[both] = chosen.texts[both] == rejected.texts[both]
+        chosen_chars = chosen.chars()[both].astype("int64")
+        rejected_chars = rejected.chars()[both].astype("int64")
+        seen.pairs += int(both.sum())
+        seen.chosen_longer += int((chosen_chars > rejected_chars).sum())
+        seen.same_length += int((chosen_chars == rejected_chars).sum())
+        seen.chosen_chars += int(chosen_chars.sum())
+        seen.rejected_chars += int(rejected_chars.sum())
+        frame[PAIR_EQUAL_COLUMN] = pd.Series(flags_where(equal, both))
     seen.row_count += n
-
-    frame = {}
-    for name, values in table.items():
-        if name == "row":
-            frame[name] = pd.Series(values, dtype="int64")
-        elif name.endswith(("__chars", "__tokens")):
-            # float64 with NaN for missing: GX compares numpy numbers vectorized, others row by row.
-            frame[name] = pd.Series([float("nan") if v is None else v for v in values], dtype="float64")
-        else:
-            frame[name] = pd.Series(values, dtype=object)
     return pd.DataFrame(frame)
 
 
@@ -617,9 +948,10 @@ def load_rule(message: str) -> str:
 
 
 def read_chunks(uri: str, rows: int):
-    """Chunks of records, or a :class:`data.DataError`; a reader's own crash is reported the same way."""
+    """:class:`data.Chunk` objects (column-wise where Arrow reads the file exactly), or a
+    :class:`data.DataError`; a reader's own crash is reported the same way."""
     try:
-        yield from data.iter_chunks(uri, rows)
+        yield from data.iter_table_chunks(uri, rows)
     except data.DataError:
         raise
     except (OSError, ValueError, EOFError) as exc:
@@ -641,15 +973,14 @@ def _is_local(uri: str) -> bool:
 
 
 def _read_against(config: ValidateConfig, seen: Seen) -> int:
-    """Digests of the ``against`` prompts (exact and normalized); returns its row count."""
+    """Keys of the ``against`` prompts (exact and normalized); returns its row count."""
     count = 0
     for chunk in read_chunks(config.against, config.chunk_rows):
-        for record in chunk:
-            text, _ = flatten_text(record.get("prompt"))
-            if text is not None:
-                seen.against_exact.add(digest(text))
-                seen.against_normalized.add(digest(normalize(text)))
-            count += 1
+        prompt = TextColumn.of(chunk, "prompt")
+        present = prompt.present
+        seen.against_exact.add(prompt.keys()[present])
+        seen.against_normalized.add(prompt.normalized_keys()[present])
+        count += len(chunk)
     return count
 
 
@@ -736,6 +1067,28 @@ def _fail_to_load(config: ValidateConfig, exc: data.DataError, uri: str, report_
     return StepFailed(f"{uri}: rule {rule} failed: {detail}", result)
 
 
+def _check_batch(pending: list[tuple[data.Chunk, Any]], runner: SuiteRunner, tally: Tally,
+                 quarantine: Quarantine | None, blocking: set[str]) -> None:
+    """One GX run over the measurements of ``pending`` chunks; the rows it flags go to quarantine."""
+    import pandas as pd
+
+    frames = [frame for _, frame in pending]
+    batch = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    for name in batch.columns:  # few distinct values: categories spare GX a Python call per value
+        if name.endswith(TYPE_SUFFIX) or name == "pii__found":
+            batch[name] = batch[name].astype("category")
+    flagged = tally.add(runner.run(batch))
+    if quarantine is None or not flagged:
+        return
+    first = int(batch["row"].iat[0])
+    starts = [int(frame["row"].iat[0]) for frame in frames]
+    ids = batch["id"].to_numpy()
+    for position in sorted(flagged):
+        index = bisect.bisect_right(starts, position) - 1
+        record = pending[index][0].record(position - starts[index])
+        quarantine.add(record, ids[position - first], flagged[position], blocking)
+
+
 def run(config: ValidateConfig) -> dict[str, Any]:
     """Validate ``config.dataset`` chunk by chunk; write the reports; raise StepFailed when it is invalid."""
     uri = config.dataset
@@ -768,9 +1121,10 @@ def run(config: ValidateConfig) -> dict[str, Any]:
     forms: set[str] = set()
     offset = 0
     blocking: set[str] = set()
+    pending: list[tuple[data.Chunk, Any]] = []  # measured chunks (with their tables) not yet checked by GX
     try:
         for chunk in read_chunks(uri, config.chunk_rows):
-            chunk_columns = {key for record in chunk for key in record if not key.startswith("_")}
+            chunk_columns = chunk.columns
             columns |= chunk_columns
             if runner is None:
                 # The first chunk decides the columns checked; a later row lacking one fails not_null.
@@ -787,12 +1141,14 @@ def run(config: ValidateConfig) -> dict[str, Any]:
                 runner = SuiteRunner(suite, docs_root)
             for column in text_columns:
                 forms.update(t for t in frame[column + TYPE_SUFFIX].dropna().unique() if t in ALLOWED_TYPES)
-            flagged = tally.add(runner.run(frame))
-            if quarantine is not None:
-                for position in sorted(flagged):
-                    record = chunk[position - offset]
-                    quarantine.add(record, row_id(record, id_label), flagged[position], blocking)
+            chunk.compact()
+            pending.append((chunk, frame))
             offset += len(chunk)
+            if sum(len(c) for c, _ in pending) >= config.gx_batch_rows:
+                _check_batch(pending, runner, tally, quarantine, blocking)
+                pending = []
+        if pending:
+            _check_batch(pending, runner, tally, quarantine, blocking)
     except data.DataError as exc:
         if quarantine is not None:
             quarantine.close(keep=False)

@@ -176,3 +176,25 @@ def test_token_lengths_use_the_configured_tokenizer(tmp_path):
     expected = max(len(tokenizer(r["rejected"], add_special_tokens=False)["input_ids"]) for r in ROWS)
     assert stats["text_columns"]["rejected"]["tokens"]["max"] == expected
     assert stats["tokenizer"] == str(tmp_path / "tok")
+
+
+def test_column_wise_file_read_gives_the_statistics_of_records(tmp_path):
+    """The Arrow-read file and the same rows as records (the row-by-row path) agree, Unicode included."""
+    from llmops_tasks.eda import describe
+
+    rows = [dict(r) for r in ROWS] + [
+        {"id": "f", "prompt": "Wie setze ich ÜBER das Konto zurück?", "chosen": "Öffne die Einstellungen\u3000jetzt",
+         "rejected": "ﬁle", "source": "chat"},
+        {"id": "g", "prompt": "how do I reset it", "chosen": "mail ops@example.com", "rejected": " ", "source": ""},
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = run(EdaConfig(dataset=str(path), out=str(tmp_path / "eda"), chunk_rows=3))
+    stats = json.loads(Path(result["report_json"]).read_text())
+    records = [{**r, "_line": i + 1} for i, r in enumerate(rows)]
+    expected = json.loads(json.dumps(describe(records, "preference"), sort_keys=True))
+    assert {k: v for k, v in stats.items() if k not in ("dataset", "dataset_hash")} == expected
+    assert stats["text_columns"]["rejected"]["blank"] == 1
+    assert stats["text_columns"]["chosen"]["tokens"]["max"] == 4  # U+3000 separates words, as in str.split()
+    assert {"bigram": "das konto", "count": 1} in describe(records, "preference", top_k=100)["prompts"]["top_bigrams"]
+    assert stats["pii"]["rows_by_kind"] == {"email": 1}

@@ -80,3 +80,19 @@ def test_checksums():
 
 def test_mask_keeps_only_a_prefix():
     assert pii.mask("jane.doe@example.com") == "jane…"
+
+
+def test_candidate_pattern_finds_every_text_with_a_hit():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    texts = [text for _, text in TRUE_POSITIVES] + FALSE_POSITIVES + ["mail a@b.io from 10.0.0.1", "", None]
+    for kind in pii.KINDS:
+        matched = pc.match_substring_regex(pa.array(texts, pa.string()), pii.candidate_pattern([kind])).to_pylist()
+        for text, flag in zip(texts, matched):
+            if text is not None and kind in pii.kinds_in(text):
+                assert flag, (kind, text)
+    found = pii.kinds_in_texts(pa.array(texts, pa.string()))
+    assert found == {i: pii.kinds_in(t) for i, t in enumerate(texts) if t is not None and pii.kinds_in(t)}
+    server = texts.index("the server at 192.168.10.254 is down")
+    assert pii.kinds_in_texts(pa.array(texts, pa.string()), ["ipv4"]) == {server: ["ipv4"], len(texts) - 3: ["ipv4"]}

@@ -349,3 +349,104 @@ def test_config_rejects_bad_severity_and_mostly():
                                                           "severity.no_pii=warn"])
     assert loaded.mostly == {"prompt_length": 0.99} and loaded.severity_of("no_pii") == "warn"
     assert loaded.mostly_of("prompt_length") == 0.99 and loaded.mostly_of("chosen_length") == 1.0
+
+
+# Texts where a column-wise measure could drift from its row-by-row definition: Unicode and ASCII
+# control whitespace, NFKC and casefold, U+FFFD, PII, empty and long text.
+AWKWARD_TEXTS = [
+    "", " ", "\t\n", "\x1c\x1d", "a\u3000b", "  Hello,  World!! ", "ﬁle", "Ümlaut CAFÉ", "x\x07y", "\x85",
+    "bad \ufffd", "4111 1111 1111 1111", "mail a@b.io", "ip 10.0.0.1", "tab\tsep", "under_score", "multi\n\nline",
+    "Ǆ ß straße", "x" * 1000, "  lead", "trail  ", "a  b\u00a0c", "--", "don't stop", "ＡＢＣ１２３", "日本語 テキスト", None,
+]
+
+
+def _reference(text: str) -> dict:
+    from llmops_tasks import pii
+    from llmops_tasks.validate import _BAD_UTF8, _CONTROL, normalize
+
+    return {"chars": len(text), "blank": not text.strip(), "control_chars": _CONTROL.search(text) is not None,
+            "valid_utf8": _BAD_UTF8.search(text) is None, "words": len(text.split()), "pii": pii.kinds_in(text),
+            "normalized": normalize(text)}
+
+
+@pytest.mark.parametrize("via", ["arrow", "records"])
+def test_column_measures_equal_their_row_definitions(via):
+    import pandas as pd
+    import pyarrow as pa
+
+    from llmops_tasks import data
+    from llmops_tasks.validate import TextColumn, text_keys
+
+    texts = list(AWKWARD_TEXTS)
+    if via == "records":  # the row-by-row reader; a lone surrogate (a JSON \ud800 escape) cannot be Arrow text
+        texts.append("lone \ud800 surrogate")
+        chunk = data.Chunk.from_records([{"t": t, "_line": i + 1} for i, t in enumerate(texts)])
+    else:
+        chunk = data.Chunk(list(range(1, len(texts) + 1)), table=pa.table({"t": pa.array(texts, pa.string())}))
+    column = TextColumn.of(chunk, "t")
+    measured = {"chars": column.chars(), "blank": column.blank(), "control_chars": column.control_chars(),
+                "valid_utf8": column.valid_utf8(), "words": column.word_counts()}
+    hits = column.pii(None)
+    normalized, keys = column.normalized_keys(), column.keys()
+    for i, text in enumerate(texts):
+        if text is None:
+            assert column.kinds[i] is None and measured["blank"][i] is pd.NA and measured["words"][i] == 0
+            continue
+        expected = _reference(text)
+        got = {name: values[i] for name, values in measured.items()}
+        got["pii"] = hits.get(i, [])
+        assert {k: v for k, v in expected.items() if k != "normalized"} == got, repr(text)
+        expected_key = text_keys([expected["normalized"].encode("utf-8", "surrogatepass")])[0]
+        assert normalized[i] == expected_key, repr(text)
+        assert keys[i] == text_keys([text.encode("utf-8", "surrogatepass")])[0], repr(text)
+
+
+def test_byte_level_measures_equal_their_row_definitions_on_random_ascii():
+    import random
+
+    import pyarrow as pa
+
+    from llmops_tasks import data
+    from llmops_tasks.validate import _CONTROL, TextColumn, normalize, text_keys
+
+    rng = random.Random(3)
+    texts = ["".join(rng.choice("aZ09 _-.,\t\n!'\x07\x1c\x7f\r") for _ in range(rng.randint(0, 24)))
+             for _ in range(3000)]
+    chunk = data.Chunk(list(range(1, len(texts) + 1)), table=pa.table({"t": pa.array(texts)}))
+    column = TextColumn.of(chunk, "t")
+    assert column.all_ascii  # the byte-level paths
+    assert column.normalized_keys().tolist() == text_keys([normalize(t) for t in texts]).tolist()
+    assert column.word_counts().tolist() == [len(t.split()) for t in texts]
+    assert column.control_chars().tolist() == [_CONTROL.search(t) is not None for t in texts]
+    assert column.blank().tolist() == [not t.strip() for t in texts]
+
+
+def test_column_wise_reader_gives_the_rows_and_errors_of_the_line_reader(tmp_path):
+    from llmops_tasks import data
+
+    lines = [json.dumps({"id": i, "prompt": f"p{i} ünï", "chosen": "c", "rejected": "r"}) for i in range(7)]
+    lines[2] = "  " + lines[2] + "\r"  # leading blanks and a CRLF ending
+    lines.insert(4, "")  # a blank line keeps its number
+    lines[5] = json.dumps({"prompt": [{"role": "user", "content": "hi"}], "chosen": 3, "rejected": None})
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for rows in (2, 3, 100):
+        chunks = list(data.iter_table_chunks(str(path), rows))
+        assert [len(c) for c in chunks] == [len(c) for c in data.iter_chunks(str(path), rows)]
+        assert [c.record(i) for c in chunks for i in range(len(c))] == data.read_records(str(path))
+
+    for bad, message in ((b'{"a": 1} {"a": 2}\n', "line 2 is not valid JSON"),
+                         (b"null\n", "line 2 is a JSON NoneType, expected an object"),
+                         (b'{"a": "\\ud800"}\n{"a": 1, "a": 2}\n{"a": NaN}\n[1]\n', "line 5 is a JSON list")):
+        path.write_bytes(b'{"a": "x"}\n' + bad)
+        with pytest.raises(data.DataError) as expected:
+            data.read_records(str(path))
+        with pytest.raises(data.DataError) as columnar:
+            list(data.iter_table_chunks(str(path), 10))
+        assert str(columnar.value) == str(expected.value) and message in str(expected.value)
+
+
+def test_whitespace_is_what_str_split_uses():
+    from llmops_tasks.validate import WHITESPACE
+
+    assert WHITESPACE == "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
