@@ -35,20 +35,30 @@ print("RESULT " + json.dumps({"state": str(dag_run.state), "run_id": dag_run.run
 """
 
 
-@pytest.fixture(scope="module")
-def pipeline_env(tmp_path_factory):
-    store = tmp_path_factory.mktemp("pipeline")
+def make_pipeline_env(store: Path, model_name: str) -> dict:
+    """The environment of DAG runs sharing one MLflow store (SQLite) and artifact root in ``store``."""
     env = dict(os.environ)
     env.update({
         "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
         "LLMOPS_MLFLOW_ARTIFACTS": str(store / "mlartifacts"),
         "LLMOPS_ARTIFACT_ROOT": str(store / "artifacts"),
-        "LLMOPS_MODEL_NAME": "itest-chat",
+        "LLMOPS_MODEL_NAME": model_name,
     })
     migrate = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env,
                              capture_output=True, text=True)
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
     return env
+
+
+@pytest.fixture(scope="module")
+def pipeline_env(tmp_path_factory):
+    return make_pipeline_env(tmp_path_factory.mktemp("pipeline"), "itest-chat")
+
+
+@pytest.fixture(scope="module")
+def methods_env(tmp_path_factory):
+    """A store of its own: these runs must not add versions to the one the other tests inspect."""
+    return make_pipeline_env(tmp_path_factory.mktemp("methods"), "itest-methods")
 
 
 def run_dag(env: dict, conf: dict) -> dict:
@@ -164,3 +174,32 @@ def test_invalid_and_contaminated_data_fail_at_validation(first_run, pipeline_en
         assert rule in report["failed_rules"]
     aliases, _ = registry_state(pipeline_env)
     assert aliases["production"] == "1"
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto", "orpo", "grpo", "rloo"])
+def test_every_method_trains_through_the_dag(methods_env, method):
+    """The trigger form's Method Param picks the trainer; the run goes on through evaluate and the gate.
+
+    sft is the default every other test here runs. Few steps: the point is the wiring (the
+    packaged recipe of the method, its split output, its MLflow run), not the model's quality.
+    grpo/rloo train their reward model first, in the same task.
+    """
+    result = run_dag(methods_env, {"require_approval": False, "method": method, "max_steps": 4})
+    assert result["state"] == "success", result["log"][-5000:]
+    tasks = result["tasks"]
+    assert tasks["train"] == tasks["evaluate"] == tasks["gate"] == "success", tasks
+    trained = step_file(methods_env, result, "train", "result.json")
+    assert trained["method"] == method and trained["global_step"] == 4
+    assert trained["train_data"].endswith("train_preference.jsonl")
+    assert Path(trained["model_dir"], "config.json").is_file()
+    if method in ("grpo", "rloo"):
+        assert Path(trained["reward_model"], "config.json").is_file()
+        assert trained["reward_result"]["global_step"] == 40  # reward_max_steps of the packaged recipe
+    _, client = registry_state(methods_env)
+    run = client.get_run(trained["mlflow_run_id"])
+    assert run.data.tags["method"] == method and run.data.params["method"] == method
+    assert run.data.tags["llmops.dag_run_id"] == result["run_id"]
+    metrics = step_file(methods_env, result, "evaluate", "metrics.json")
+    assert {"bleu", "rougeL", "preference_accuracy"} <= set(metrics["candidate"])
+    decision = step_file(methods_env, result, "gate", "decision.json")
+    assert decision["passed"] in (True, False) and decision["rules"]
