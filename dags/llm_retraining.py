@@ -158,11 +158,10 @@ def llm_retraining():
     @task(retries=0)
     def validate(inputs: dict) -> dict:
         bind_run_context()
-        from llmops_tasks import validate as step
-        from llmops_tasks.errors import StepFailed
-
         from llmops_tasks import bootstrap, tracking
+        from llmops_tasks import validate as step
         from llmops_tasks.config import load
+        from llmops_tasks.errors import StepFailed
 
         # Rules, severities and thresholds come from the packaged recipe; the data set from the run.
         # A fixed eval set is the `against` set: a training prompt found in it is contamination.

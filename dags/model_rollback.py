@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+
 from llmops_airflow.context import bind_run_context
 
 DAG_ID = "model_rollback"
@@ -44,8 +45,8 @@ def model_rollback():
         """Move production back; a refusal (no such version, no gate) fails without retry."""
         bind_run_context()
         from airflow.sdk.exceptions import AirflowFailException
-        from llmops_airflow.mlflow_connection import mlflow_env
 
+        from llmops_airflow.mlflow_connection import mlflow_env
         from llmops_tasks import registry
         from llmops_tasks.errors import StepFailed
 

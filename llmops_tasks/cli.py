@@ -23,7 +23,8 @@ import json
 import os
 import sys
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from llmops_tasks import __version__
 from llmops_tasks.config import ConfigError, load

@@ -92,7 +92,7 @@ class EvaluateConfig:
         self.out_dir = self.out_dir.strip() or context.step_dir("evaluate")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_metric(name: str):
     """An ``evaluate`` metric shipped with the package ('sacrebleu' or 'rouge'), loaded offline."""
     import evaluate

@@ -90,7 +90,7 @@ class RunContext:
     task_id: str = ""
 
     @classmethod
-    def from_env(cls) -> "RunContext":
+    def from_env(cls) -> RunContext:
         return cls(
             dag_id=os.environ.get("LLMOPS_DAG_ID", ""),
             run_id=os.environ.get("LLMOPS_RUN_ID", ""),

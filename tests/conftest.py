@@ -17,11 +17,11 @@ for _key in [k for k in os.environ if k.startswith("AIRFLOW")]:
     os.environ.pop(_key)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llmops_tasks import embedded  # noqa: E402
+from llmops_tasks import embedded
 
 os.environ.update(embedded.airflow_env())
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

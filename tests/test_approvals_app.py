@@ -39,8 +39,9 @@ def token(auth_manager) -> str:
 @pytest.fixture
 def client(tmp_path, monkeypatch, auth_manager):
     from fastapi.testclient import TestClient
-    from llmops_airflow import approvals_app
     from mlflow.tracking import MlflowClient
+
+    from llmops_airflow import approvals_app
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("LLMOPS_ARTIFACT_ROOT", str(tmp_path / "artifacts"))

@@ -71,7 +71,7 @@ def test_eda_counts_on_a_hand_made_data_set(report):
 def test_eda_html_is_self_contained_and_escaped(report):
     _, page, _ = report
     assert page.count("<svg") >= 6
-    for svg in re.findall(r"<svg.*?</svg>", page, re.S):
+    for svg in re.findall(r"<svg.*?</svg>", page, re.DOTALL):
         ET.fromstring(svg)  # well-formed
     assert "<script" not in page.lower()
     assert "http" not in page.lower()

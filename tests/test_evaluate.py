@@ -12,15 +12,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from llmops_tasks import cli, data, samples  # noqa: E402
-from llmops_tasks import evaluate as evaluate_step  # noqa: E402
-from llmops_tasks.config import ConfigError  # noqa: E402
-from llmops_tasks.errors import StepFailed  # noqa: E402
-from llmops_tasks.evaluate import (  # noqa: E402
+from llmops_tasks import cli, data, samples
+from llmops_tasks import evaluate as evaluate_step
+from llmops_tasks.config import ConfigError
+from llmops_tasks.errors import StepFailed
+from llmops_tasks.evaluate import (
     EvaluateConfig,
     answer_logprobs,
     likelihood_scores,

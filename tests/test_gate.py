@@ -251,6 +251,7 @@ def test_dag_gate_task_stops_a_regressing_candidate_and_shows_why(tmp_path, monk
             self.pushed[key] = value
 
     import airflow.sdk
+
     from llmops_airflow import mlflow_connection
 
     # No Airflow API server here to ask for Connection mlflow_default: the embedded mode has none.

@@ -7,11 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import sacrebleu  # noqa: E402
-from rouge_score import rouge_scorer  # noqa: E402
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
 
-from llmops_tasks.evaluate import METRICS_DIR, load_metric  # noqa: E402
+from llmops_tasks.evaluate import METRICS_DIR, load_metric
 
 pytestmark = pytest.mark.unit
 

@@ -33,6 +33,7 @@ import pytest
 import structlog
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
 from llmops_airflow.operators import LocalStepOperator, step_operator
 
 pytestmark = pytest.mark.unit

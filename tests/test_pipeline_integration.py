@@ -78,9 +78,7 @@ def step_file(env: dict, result: dict, step: str, name: str) -> dict:
 
 
 def registry_state(env: dict) -> tuple[dict, object]:
-    from llmops_tasks import registry
-
-    from llmops_tasks import tracking
+    from llmops_tasks import registry, tracking
     from llmops_tasks.settings import temporary_env
 
     keys = ("MLFLOW_TRACKING_URI", "LLMOPS_MODEL_NAME", "LLMOPS_MLFLOW_ARTIFACTS")

@@ -124,7 +124,6 @@ def test_pipeline_on_postgres(postgres, tmp_path):
     assert states["promote"] == "success" and states["auto_approve"] == "success", states
 
     from llmops_tasks import registry, tracking
-
     from llmops_tasks.settings import temporary_env
 
     with temporary_env({"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "LLMOPS_MODEL_NAME": MODEL_NAME}):

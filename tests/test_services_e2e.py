@@ -105,7 +105,6 @@ def stack(tmp_path_factory):
 
 def _production(stack) -> str | None:
     from llmops_tasks import registry, tracking
-
     from llmops_tasks.settings import temporary_env
 
     services_uri = f"sqlite:///{stack['home'] / 'mlflow.db'}"  # the URI the services used

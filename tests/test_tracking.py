@@ -53,10 +53,9 @@ def test_background_run_logs_params_metrics_and_answers_calls():
 
 
 def test_a_failing_block_marks_the_run_failed():
-    with pytest.raises(ValueError, match="diverged"):
-        with tracking.background_step_run("train-dpo") as run:
-            run_id = run.run_id
-            raise ValueError("loss diverged")
+    with pytest.raises(ValueError, match="diverged"), tracking.background_step_run("train-dpo") as run:
+        run_id = run.run_id
+        raise ValueError("loss diverged")
     assert tracking.client().get_run(run_id).info.status == "FAILED"
 
 

@@ -9,9 +9,8 @@ reproducible to the last bit (confidence intervals are the evaluate step's job).
 """
 
 import datasets
-from rouge_score import rouge_scorer
-
 import evaluate
+from rouge_score import rouge_scorer
 
 _CITATION = """\
 @inproceedings{lin-2004-rouge,

@@ -7,9 +7,8 @@ Same arguments and result keys as the hub's ``sacrebleu`` metric; the numbers ar
 """
 
 import datasets
-import sacrebleu as scb
-
 import evaluate
+import sacrebleu as scb
 
 _CITATION = """\
 @inproceedings{post-2018-call,
