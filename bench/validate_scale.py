@@ -2,16 +2,17 @@
 
 Generates ``--rows`` rows (default 1,000,000) of realistic preference JSONL in a temporary folder
 (varied prompts and answers, a source column, a few duplicates and PII hits, as real exports have),
-then runs each phase in its own subprocess so its peak RSS (``resource.getrusage``) is its own:
+(``--format parquet``: the same rows written to Parquet in row groups of 65,536), then runs each
+phase in its own subprocess so its peak RSS (``resource.getrusage``) is its own:
 
-    pandas   plain ``pandas.read_json(path, lines=True)``: the baseline
+    pandas   plain ``pandas.read_json(path, lines=True)`` (``pandas.read_parquet``): the baseline
     validate ``llmops_tasks.validate.run`` with its defaults (GX per chunk, quarantine, Data Docs)
     eda      ``llmops_tasks.eda.run``
 
 and prints seconds, rows/s, peak RSS and the time ratio to the pandas read measured in the same run,
 and whether each phase meets the targets: 1M rows within 4 GB peak RSS and at most 3x the plain read.
 
-    .venv/bin/python bench/validate_scale.py --rows 200000
+    .venv/bin/python bench/validate_scale.py --rows 200000 [--format parquet]
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ MAX_RATIO = 3.0  # at most this many times the plain pandas read
 MAX_PEAK_MIB = 4096  # peak RSS of a phase
 
 PHASES = {
-    "pandas": "import pandas as pd; frame = pd.read_json(PATH, lines=True); rows = len(frame)",
+    "pandas": ("import pandas as pd\n"
+               "frame = pd.read_parquet(PATH) if PATH.endswith('.parquet') else pd.read_json(PATH, lines=True)\n"
+               "rows = len(frame)"),
     "validate": (
         "from llmops_tasks.validate import ValidateConfig, run\n"
         "from llmops_tasks.errors import StepFailed\n"
@@ -86,6 +89,20 @@ print(json.dumps({{"seconds": seconds, "rows": rows, "peak_mib": peak_kib / 1024
 """
 
 
+def to_parquet(jsonl: str, path: str) -> int:
+    """The generated rows as Parquet (string columns, row groups of 65,536), written in batches."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, pa.string()) for name in ("id", "prompt", "chosen", "rejected", "source")])
+    with pq.ParquetWriter(path, schema) as writer:
+        reader = pj.open_json(jsonl, parse_options=pj.ParseOptions(explicit_schema=schema))
+        for batch in reader:
+            writer.write_table(pa.Table.from_batches([batch]), row_group_size=65_536)
+    return os.path.getsize(path)
+
+
 def run_phase(name: str, path: str, out: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD.format(body=PHASES[name]), path, out],
                           capture_output=True, text=True, check=False)
@@ -98,12 +115,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows to generate (default 1000000)")
     parser.add_argument("--phases", default="pandas,validate,eda", help="comma-separated: pandas, validate, eda")
+    parser.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl", help="file format read (default jsonl)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="llmops-bench-") as tmp:
         path = os.path.join(tmp, "preference.jsonl")
         start = time.perf_counter()
         size = generate(path, args.rows)
-        print(f"generated {args.rows:,} rows, {size / 2**20:,.1f} MiB in {time.perf_counter() - start:.1f}s")
+        if args.format == "parquet":
+            jsonl, path = path, os.path.join(tmp, "preference.parquet")
+            size = to_parquet(jsonl, path)
+            os.remove(jsonl)
+        print(f"generated {args.rows:,} rows, {args.format}, {size / 2**20:,.1f} MiB in "
+              f"{time.perf_counter() - start:.1f}s")
         results = {}
         for name in args.phases.split(","):
             results[name] = run_phase(name.strip(), path, tmp)
