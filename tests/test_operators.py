@@ -182,6 +182,24 @@ def test_pod_env_carries_the_run_identity_and_services_but_no_secret_values(gpu_
     assert WORKER_SECRET not in json.dumps(data)
 
 
+MLFLOW_CONNECTION = json.dumps({"conn_type": "http", "host": "mlflow.internal", "port": 5000,
+                                "login": "trainer", "password": "Conn-secret-7c41"})
+
+
+def test_pod_reaches_the_mlflow_server_of_the_airflow_connection_without_its_credentials(k8s_env):
+    """The Connection (read when the pod is built) wins over the worker's own MLflow address, so
+    train and evaluate write to the store register and promote read; its password stays out."""
+    k8s_env.setenv("MLFLOW_TRACKING_URI", "sqlite:////worker/own.db")
+    k8s_env.setenv("MLFLOW_REGISTRY_URI", "sqlite:////worker/own.db")
+    k8s_env.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", MLFLOW_CONNECTION)
+    dag, (op,) = make_dag((("train", ["train"]), {"gpus": 1}))
+    _, data = build_pod(op, dag)
+    plain = {e["name"]: e["value"] for e in data["spec"]["containers"][0]["env"] if "value" in e}
+    assert plain["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+    assert "MLFLOW_REGISTRY_URI" not in plain  # the worker's registry belongs to the other store
+    assert "Conn-secret-7c41" not in json.dumps(data) and "MLFLOW_TRACKING_USERNAME" not in plain
+
+
 def test_gpu_pod_requests_gpus_on_gpu_nodes(gpu_pod):
     _, _, data = gpu_pod
     resources = data["spec"]["containers"][0]["resources"]
@@ -434,6 +452,21 @@ def test_local_step_runs_the_cli_and_returns_its_result(local_env, tmp_path, pre
     assert Path(result["eval"]).parent == expected_dir and Path(result["eval"]).exists()
     assert any(line.startswith("Running ") and "-m llmops_tasks.cli split" in line for line in log)
     assert any('"train_rows"' in line for line in log)  # the child's output reached the task log
+
+
+def test_local_step_gets_the_mlflow_settings_of_the_airflow_connection(local_env, tmp_path):
+    """The subprocess sees the Connection's server and credentials, as the in-process tasks do;
+    the worker's own registry URI (another store) is dropped, not mixed in."""
+    local_env.setenv("MLFLOW_TRACKING_URI", "sqlite:////worker/own.db")
+    local_env.setenv("MLFLOW_REGISTRY_URI", "sqlite:////worker/own.db")
+    local_env.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", MLFLOW_CONNECTION)
+    op = LocalStepOperator(task_id="train", arguments=["train", "sft"])
+    env = op._child_env(context_for(op), tmp_path / "result.json")
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("trainer", "Conn-secret-7c41")
+    assert "MLFLOW_REGISTRY_URI" not in env
+    local_env.delenv("AIRFLOW_CONN_MLFLOW_DEFAULT")
+    assert op._child_env(context_for(op), tmp_path / "result.json")["MLFLOW_TRACKING_URI"] == "sqlite:////worker/own.db"
 
 
 def test_local_step_without_result_returns_none(local_env):

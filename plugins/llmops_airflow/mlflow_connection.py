@@ -7,8 +7,10 @@ credentials), extra ``{"registry_uri": ...}`` when the registry lives elsewhere,
 
 ``mlflow_env()`` exports ``MLFLOW_TRACKING_URI`` (and ``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD``) for the duration of the task's block only, then restores what was
-there. Credentials go to the environment MLflow's client reads, never into a return value (XCom),
-a log line, or an MLflow param; Airflow masks the Connection's password in task logs as well.
+there. ``connection_env()`` gives the same values for a step's own process: the local subprocess
+gets all of them, a pod only the addresses (its credentials come from a Kubernetes Secret).
+Credentials go to the environment MLflow's client reads, never into a return value (XCom), a log
+line, an MLflow param or a pod spec; Airflow masks the Connection's password in task logs as well.
 Without the Connection, the task keeps the environment it has (the embedded SQLite store).
 """
 
@@ -69,15 +71,20 @@ def read_connection(conn_id: str = CONN_ID):
         return None
 
 
+def connection_env(conn_id: str = CONN_ID) -> dict[str, str | None]:
+    """What the Connection sets in MLflow's environment, None for a variable to remove (a worker's
+    own registry URI or credentials must not mix with another server); ``{}`` without it."""
+    connection = read_connection(conn_id)
+    if connection is None:
+        return {}
+    values: dict[str, str | None] = {key: None for key in (REGISTRY_URI, USERNAME, PASSWORD)}
+    values.update(settings_from(connection))
+    return values
+
+
 @contextlib.contextmanager
 def mlflow_env(conn_id: str = CONN_ID) -> Iterator[str]:
     """Point MLflow at the Connection's server for the block; yields the URI (no credentials)."""
-    connection = read_connection(conn_id)
-    if connection is None:
-        yield os.environ.get(TRACKING_URI, "")
-        return
-    settings = settings_from(connection)
-    values: dict[str, str | None] = {key: None for key in (REGISTRY_URI, USERNAME, PASSWORD)}
-    values.update(settings)
+    values = connection_env(conn_id)
     with temporary_env(values):
-        yield settings[TRACKING_URI]
+        yield values.get(TRACKING_URI) or os.environ.get(TRACKING_URI, "")

@@ -63,7 +63,8 @@ def execution_mode() -> str:
 class LocalStepOperator(BaseOperator):
     """Run ``python -m llmops_tasks.cli <arguments>`` in a subprocess of the worker.
 
-    The child inherits the worker's environment plus ``env_vars``, the run's identity
+    The child inherits the worker's environment with the MLflow settings of the Airflow Connection
+    ``mlflow_default`` where it exists, plus ``env_vars``, the run's identity
     (``LLMOPS_DAG_ID``/``RUN_ID``/``TASK_ID``) and ``LLMOPS_RESULT_FILE``; its output lines go to
     the task log as they come. The result JSON it writes is returned (the ``return_value``
     XCom), or None when the command wrote none.
@@ -96,12 +97,21 @@ class LocalStepOperator(BaseOperator):
         self.mlflow_run_url: str | None = None  # read by MLflowRunLink
 
     def _child_env(self, context: Context, result_file: Path) -> dict[str, str]:
+        from llmops_airflow.mlflow_connection import connection_env
         from llmops_tasks.settings import RunContext
 
         ti = context["ti"]
         run = RunContext(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id)
+        env = dict(os.environ)
+        # The MLflow server of the Connection, as the in-process tasks see it: train and evaluate
+        # must write to and read from the same tracking store and registry as register and promote.
+        for key, value in connection_env().items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         return {
-            **os.environ,
+            **env,
             **{str(k): str(v) for k, v in self.env_vars.items()},
             **run.env(),
             "LLMOPS_RESULT_FILE": str(result_file),

@@ -29,6 +29,10 @@ Deployment settings, all optional (environment of the Airflow components):
 
 Both Secrets are optional references: a pod starts without them (a tiny local model needs no
 token) and the step fails with the service's own error when it does need them.
+
+The MLflow server's address is the Airflow Connection ``mlflow_default``'s where it exists (the
+one the in-process tasks use), else the worker's ``MLFLOW_TRACKING_URI``; only the address goes
+into the pod spec.
 """
 
 from __future__ import annotations
@@ -130,6 +134,16 @@ def base_container_exit_code(remote_pod: k8s.V1Pod | None, container: str) -> in
     return terminated.exit_code if terminated else None
 
 
+def _connection_addresses() -> dict[str, str | None]:
+    """The MLflow server of the Airflow Connection ``mlflow_default`` (over the worker's own
+    setting), as the in-process tasks see it; its credentials stay out of the pod spec, which the
+    pod gets from the MLflow Secret instead."""
+    from llmops_airflow.mlflow_connection import REGISTRY_URI, TRACKING_URI, connection_env
+
+    values = connection_env()
+    return {name: values[name] for name in (TRACKING_URI, REGISTRY_URI) if name in values}
+
+
 class LLMOpsPodOperator(KubernetesPodOperator):
     """KubernetesPodOperator for ``llmops <step>``: resolves the image and the services' addresses
     when the pod is built, keeps Secret references optional, sanitizes rendered labels, and turns
@@ -158,10 +172,10 @@ class LLMOpsPodOperator(KubernetesPodOperator):
         container = next(c for c in pod.spec.containers if c.name == self.base_container_name)
         container.env = container.env or []
         present = {e.name for e in container.env}
+        settings = {name: os.environ.get(name) for name in PASS_THROUGH_ENV}
+        settings.update(_connection_addresses())
         container.env.extend(
-            k8s.V1EnvVar(name=name, value=os.environ[name])
-            for name in PASS_THROUGH_ENV
-            if os.environ.get(name) and name not in present
+            k8s.V1EnvVar(name=name, value=value) for name, value in settings.items() if value and name not in present
         )
         optional = set(default_secret_names())  # ours may be absent; a Secret a DAG asked for may not
         for env in container.env:
