@@ -6,9 +6,10 @@
 
 * **validate** checks the data set with Great Expectations (rules, severities and thresholds from
   `validate_preference.yaml`: types, blanks, lengths, UTF-8, control characters, PII, duplicates,
-  length bias, and contamination with `eval_dataset_uri` when it is set); a blocking failure fails
-  the run here with a message naming the rules and rows, the failing rows in `quarantine.jsonl`,
-  and nothing downstream runs. The log prints the Data Docs path; both are logged to the step's
+  length bias, and contamination with `eval_dataset_uri` when it is set, which is itself checked
+  with `validate_eval.yaml`); a blocking failure of either fails the run here with a message
+  naming the file, the rules and rows, the failing rows in `quarantine.jsonl`, and nothing
+  downstream runs. The log prints the Data Docs path; both are logged to the step's
   MLflow run.
 * **eda** writes a self-contained HTML report of the data set (lengths, duplicates, n-grams, PII,
   sources) and what changed since the previous snapshot: the `eda.json` of this DAG's most recent
@@ -162,6 +163,7 @@ def llm_retraining():
         from llmops_tasks import validate as step
         from llmops_tasks.config import load
         from llmops_tasks.errors import StepFailed
+        from llmops_tasks.settings import RunContext
 
         # Rules, severities and thresholds come from the packaged recipe; the data set from the run.
         # A fixed eval set is the `against` set: a training prompt found in it is contamination.
@@ -169,29 +171,43 @@ def llm_retraining():
                       {"dataset": inputs["dataset"], "kind": "preference",
                        "against": inputs.get("eval_dataset", "")})
 
-        def record(result: dict, valid: bool) -> str:
-            """Log validation.json, the quarantine file and the Data Docs site to the step's MLflow run."""
+        def check(config, step_name: str) -> tuple[dict, StepFailed | None]:
+            """Run one validation; log validation.json, the quarantine file and the Data Docs site
+            to its MLflow run. Returns the result and the failure (None when valid)."""
+            try:
+                result, failure = step.run(config), None
+            except StepFailed as exc:
+                result, failure = exc.result, exc
             for label, path in (("quarantine", result.get("quarantine")), ("Data Docs", result.get("data_docs"))):
                 if path:
-                    print(f"{label}: {path}")
+                    print(f"{step_name} {label}: {path}")
             if result.get("warnings"):
-                print(f"validation warnings (not blocking): {', '.join(result['warnings'])}")
+                print(f"{step_name} warnings (not blocking): {', '.join(result['warnings'])}")
             url = tracking.record_step(
-                "validate", {"dataset": config.dataset, "dataset_hash": result.get("dataset_hash"), "valid": valid,
-                             "against": config.against},
+                step_name, {"dataset": config.dataset, "dataset_hash": result.get("dataset_hash"),
+                            "valid": failure is None, "against": config.against},
                 {"rows": result.get("rows", 0), "quarantined_rows": result.get("quarantined_rows", 0)},
                 [result.get("report", ""), result.get("quarantine") or ""])
             if result.get("data_docs"):
                 tracking.client().log_artifacts(url.rsplit("/", 1)[-1], os.path.dirname(result["data_docs"]),
                                                 artifact_path="reports/data_docs")
-            return url
+            result["mlflow_run_url"] = url
+            return result, failure
 
-        try:
-            result = step.run(config)
-        except StepFailed as exc:
-            record(exc.result, valid=False)
-            raise _airflow_fail(exc) from exc
-        result["mlflow_run_url"] = record(result, valid=True)
+        result, failure = check(config, "validate")
+        failures = [failure] if failure else []
+        if config.against:
+            # The fixed eval set is checked too (its own rules: prompt / reference, size, duplicates),
+            # here rather than when evaluate reads it after the training has been paid for.
+            eval_config = load(step.ValidateConfig, bootstrap.packaged_recipe("validate_eval.yaml"),
+                               {"dataset": config.against, "kind": "eval",
+                                "report_dir": RunContext.from_env().step_dir("validate") + "/eval_set"})
+            eval_result, eval_failure = check(eval_config, "validate_eval_set")
+            result["eval_set"] = {key: eval_result.get(key) for key in
+                                  ("valid", "rows", "report", "warnings", "quarantine", "data_docs", "mlflow_run_url")}
+            failures += [eval_failure] if eval_failure else []
+        if failures:
+            raise _airflow_fail(StepFailed("\n".join(str(f) for f in failures)))
         return result
 
     @task

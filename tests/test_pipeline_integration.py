@@ -137,7 +137,8 @@ def test_regressing_candidate_is_stopped_at_the_gate(first_run, pipeline_env):
 
 
 def test_invalid_and_contaminated_data_fail_at_validation(first_run, pipeline_env, tmp_path):
-    """Identical pairs, and prompts of the fixed eval set (eval_dataset_uri) in the training data.
+    """Identical pairs, prompts of the fixed eval set (eval_dataset_uri) in the training data, and an
+    eval set too small to gate on.
 
     One run for both (a dag.test() costs about a minute): each rule is checked on its own rows.
     """
@@ -170,6 +171,10 @@ def test_invalid_and_contaminated_data_fail_at_validation(first_run, pipeline_en
         assert rules[rule]["success"] is False and rules[rule]["severity"] == "block", rules[rule]
         assert rules[rule]["sample_ids"] == [row["id"]]
         assert rule in report["failed_rules"]
+    # the fixed eval set itself is checked before any training: three prompts are too few to gate on
+    eval_report = step_file(pipeline_env, result, "validate", "eval_set/validation.json")
+    assert eval_report["dataset"] == str(held_out) and eval_report["failed_rules"] == ["row_count"]
+    assert f"{held_out}: " in result["log"] and "row_count" in result["log"]
     aliases, _ = registry_state(pipeline_env)
     assert aliases["production"] == "1"
 
@@ -201,3 +206,22 @@ def test_every_method_trains_through_the_dag(methods_env, method):
     assert {"bleu", "rougeL", "preference_accuracy"} <= set(metrics["candidate"])
     decision = step_file(methods_env, result, "gate", "decision.json")
     assert decision["passed"] in (True, False) and decision["rules"]
+
+
+def test_a_fixed_eval_set_is_validated_and_scored(methods_env, tmp_path):
+    """With eval_dataset_uri, validate checks that set too (before training) and evaluate scores it
+    instead of the split's held-out part; a data set that shares no prompt with it goes through."""
+    rows = samples.preference_rows()
+    dataset, held_out = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    data.write_jsonl(str(dataset), rows[24:])
+    data.write_jsonl(str(held_out), [{"prompt": r["prompt"], "reference": r["chosen"], "chosen": r["chosen"],
+                                      "rejected": r["rejected"]} for r in rows[:24]])
+    result = run_dag(methods_env, {"require_approval": False, "dataset_uri": str(dataset),
+                                   "eval_dataset_uri": str(held_out), "max_steps": 20})
+    assert result["state"] == "success", result["log"][-5000:]
+    eval_report = step_file(methods_env, result, "validate", "eval_set/validation.json")
+    assert eval_report["valid"] is True and eval_report["rows"] == 24
+    assert step_file(methods_env, result, "validate", "validation.json")["against"] == {"dataset": str(held_out),
+                                                                                       "rows": 24}
+    metrics = step_file(methods_env, result, "evaluate", "metrics.json")
+    assert metrics["eval_data"] == str(held_out) and metrics["n"] == 24
