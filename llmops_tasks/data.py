@@ -56,6 +56,8 @@ def _parse_line(uri: str, number: int, raw: bytes) -> dict[str, Any] | None:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{uri}: line {number} is not valid JSON ({exc.msg})") from exc
+    except RecursionError as exc:
+        raise DataError(f"{uri}: line {number} is not valid JSON (nested too deeply to read)") from exc
     if not isinstance(row, dict):
         raise DataError(f"{uri}: line {number} is a JSON {type(row).__name__}, expected an object")
     row["_line"] = number
@@ -213,6 +215,34 @@ def _arrow_table(block: bytes, count: int) -> Any:
     return table if table.num_rows == count else None
 
 
+# str.strip()'s whitespace that is ASCII: a line of only these (or of other Unicode spaces) is blank.
+_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+# Lines longer than this are looked at for nesting: json.loads gives up near Python's recursion
+# limit, and pyarrow crashes the process on a line nested some 20,000 levels deep.
+_NESTING_LIMIT = 512
+
+
+def _is_blank(raw: bytes) -> bool:
+    """Blank as :func:`_parse_line` decides it (``str.strip()`` of the decoded line is empty)."""
+    if raw[:1] == b"{":  # the usual line: one look
+        return False
+    rest = raw.strip(_ASCII_SPACE)
+    if not rest:
+        return True
+    if rest.isascii():
+        return False
+    try:
+        return not rest.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return False  # not blank: _parse_line names the bad bytes
+
+
+def _shallow(lines: list[bytes]) -> bool:
+    """No line could nest deeper than :data:`_NESTING_LIMIT` (brackets counted on the long ones)."""
+    return all(len(line) <= _NESTING_LIMIT or line.count(b"[") + line.count(b"{") <= _NESTING_LIMIT
+               for line in lines)
+
+
 def _objects_only(lines: list[bytes]) -> bool:
     """Every line is one ``{...}`` (Arrow crashes or reads nulls on a top-level scalar line)."""
     if all(line[:1] == b"{" and line[-2:] == b"}\n" for line in lines[:-1]):  # the usual layout: a quick look
@@ -235,13 +265,14 @@ def _jsonl_chunks(uri: str, rows: int) -> Iterator[Chunk]:
                     break
                 for raw in batch:
                     number += 1
-                    if raw.strip():
+                    if not _is_blank(raw):
                         lines.append(raw)
                         numbers.append(number)
             if not lines:
                 return
             block = b"".join(lines)
-            table = _arrow_table(block, len(lines)) if _objects_only(lines) else None
+            arrow_reads_it = _objects_only(lines) and _shallow(lines)
+            table = _arrow_table(block, len(lines)) if arrow_reads_it else None
             del block
             if table is not None:
                 yield Chunk(numbers, table=table, raw=lines)

@@ -53,6 +53,8 @@ CASES = [
     ("only blank lines", "data.jsonl", b"\n  \n\n", [], "row_count", ["0 rows"]),
     ("not json", "data.jsonl", _good(1) + b"prompt,chosen,rejected\n", [], "json_lines", ["line 2"]),
     ("truncated line", "data.jsonl", _good(2) + b'{"prompt": "a", "cho', [], "json_lines", ["line 3"]),
+    ("deeply nested line", "data.jsonl", _good(2) + b'{"prompt": ' + b"[" * 30_000 + b"]" * 30_000 + b"}\n", [],
+     "json_lines", ["line 3", "nested too deeply"]),
     ("array instead of object", "data.jsonl", b'["a", "b", "c"]\n', [], "json_objects", ["line 1"]),
     ("invalid utf-8 bytes", "data.jsonl", _good(1) + b'{"prompt": "\xff\xfe"}\n', [], "utf8", ["line 2"]),
     ("lone surrogate escape", "data.jsonl", _good(3, r1={"prompt": "bad \ud800 text"}), [], "prompt_valid_utf8",

@@ -435,7 +435,16 @@ def test_column_wise_reader_gives_the_rows_and_errors_of_the_line_reader(tmp_pat
         assert [len(c) for c in chunks] == [len(c) for c in data.iter_chunks(str(path), rows)]
         assert [c.record(i) for c in chunks for i in range(len(c))] == data.read_records(str(path))
 
-    for bad, message in ((b'{"a": 1} {"a": 2}\n', "line 2 is not valid JSON"),
+    # lines of only whitespace (str.isspace(), Unicode included) are blank for both readers
+    path.write_bytes(b'{"a": "x"}\n\xc2\xa0\n\x1c\r\n\xe2\x80\xa8\n{"a": "y"}\n{"a": "z"}\n')
+    for rows in (1, 2, 3):
+        assert [c.lines for c in data.iter_table_chunks(str(path), rows)] == [
+            [r["_line"] for r in c] for c in data.iter_chunks(str(path), rows)]
+    assert [r["_line"] for r in data.read_records(str(path))] == [1, 5, 6]
+
+    deep = b'{"a": ' + b"[" * 30_000 + b"]" * 30_000 + b"}\n"  # pyarrow would crash the process on it
+    for bad, message in ((deep, "line 2 is not valid JSON (nested too deeply to read)"),
+                         (b'{"a": 1} {"a": 2}\n', "line 2 is not valid JSON"),
                          (b"null\n", "line 2 is a JSON NoneType, expected an object"),
                          (b'{"a": "\\ud800"}\n{"a": 1, "a": 2}\n{"a": NaN}\n[1]\n', "line 5 is a JSON list")):
         path.write_bytes(b'{"a": "x"}\n' + bad)
