@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check llmops_tasks plugins dags tests bench
+	$(BIN)/ruff check llmops_tasks plugins dags tests bench scripts
 
 bench: $(STAMP)
 	$(BIN)/python bench/dag_parse.py

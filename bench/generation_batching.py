@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/generation_batching.py [--prompts 64] [--batch-size 16] [--max-new-tokens 32]
 
-Both ways run ``llmops_tasks.evaluate.generate`` (what the evaluate step runs) on the same prompts
+Both ways run ``llmops_tasks.serving.generation.generate`` (what the evaluate step runs) on the same prompts
 from the sample data, in turn, ``--repeats`` times; the best time of each is kept. Prints prompts/s,
 the speed-up of batching, and how many answers are identical either way (greedy decoding with left
 padding should not change an answer; float rounding on padded batches rarely can).
@@ -31,8 +31,8 @@ def main() -> None:
 
     import torch
 
-    from llmops_tasks import bootstrap, samples
-    from llmops_tasks.evaluate import generate
+    from llmops_tasks.local import bootstrap, samples
+    from llmops_tasks.serving.generation import generate
 
     torch.set_num_threads(args.threads)
     rows = samples.preference_rows()

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
 def make_pairs(count: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """Predictions that are references with words dropped, swapped or replaced, like model answers."""
-    from llmops_tasks import samples
+    from llmops_tasks.local import samples
 
     rng = random.Random(seed)
     sentences = [s for s in samples.corpus_text() if len(s.split()) >= 4]

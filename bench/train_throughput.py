@@ -14,7 +14,7 @@ tokenizer's never occur), so the LM head and the loss cost what they cost with a
 vocabulary. SFT rows are sample prompts whose completions repeat sample answers past
 ``--seq-len`` tokens, so truncation makes every row exactly that long.
 
-Each mode (``--modes full,lora``) runs ``llmops_tasks.train.train(TrainConfig(...), "sft")`` in a
+Each mode (``--modes full,lora``) runs ``llmops_tasks.train.train(SFTTrainConfig(...), "sft")`` in a
 fresh process of this script (peak memory is per mode), with MLflow on a SQLite store in the temp
 folder (created beforehand, as in a deployment) and ``log_model: false``. bf16 on a GPU.
 
@@ -79,7 +79,7 @@ def build_1b_model(out_dir: Path, vocab_size: int, dtype_name: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from llmops_tasks import bootstrap, samples
+    from llmops_tasks.local import bootstrap, samples
 
     tokenizer = bootstrap.train_tokenizer(samples.corpus_text(), vocab_size=vocab_size)
     tokenizer.model_max_length = LLAMA_1B["max_position_embeddings"]
@@ -101,7 +101,7 @@ def build_1b_model(out_dir: Path, vocab_size: int, dtype_name: str) -> int:
 
 def sft_rows(tokenizer, seq_len: int, count: int) -> list[dict]:
     """``count`` prompt/completion rows, each longer than ``seq_len`` tokens once tokenized."""
-    from llmops_tasks import samples
+    from llmops_tasks.local import samples
 
     pairs = samples.preference_rows()
     answers = [" " + row["chosen"] for row in pairs]
@@ -132,7 +132,7 @@ def run_mode(args: argparse.Namespace) -> None:
     import trl
     from transformers import TrainerCallback
 
-    from llmops_tasks.train import TrainConfig, train
+    from llmops_tasks.train import SFTTrainConfig, train
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -175,11 +175,12 @@ def run_mode(args: argparse.Namespace) -> None:
 
     trl.SFTTrainer = TimedSFTTrainer  # train() imports trl.SFTTrainer when it builds the trainer
 
-    config = TrainConfig(
-        base_model=args.model_dir, train_data=args.train_data, output_dir=args.output_dir,
-        max_steps=args.steps, per_device_train_batch_size=args.batch_size, max_length=args.seq_len,
-        logging_steps=1, save_steps=args.steps, save_total_limit=1, bf16=args.bf16,
-        gradient_checkpointing=args.gradient_checkpointing, lora=args.child == "lora", log_model=False,
+    config = SFTTrainConfig(
+        base_model=args.model_dir, train_data=args.train_data, output_dir=args.output_dir, log_model=False,
+        trainer={"max_steps": args.steps, "per_device_train_batch_size": args.batch_size, "max_length": args.seq_len,
+                 "logging_steps": 1, "save_steps": args.steps, "save_total_limit": 1, "bf16": args.bf16,
+                 "activation_checkpointing": args.gradient_checkpointing},
+        model={"use_peft": args.child == "lora"},
     )
     start = time.perf_counter()
     result = train(config, "sft")
@@ -283,7 +284,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from llmops_tasks import bootstrap, data, samples
+    from llmops_tasks.core import data
+    from llmops_tasks.local import bootstrap, samples
 
     work = Path(tempfile.mkdtemp(prefix="llmops-bench-throughput-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
@@ -293,7 +295,7 @@ def main() -> None:
         env.pop(key, None)
     # The tracking store exists before any training in a deployment: created (migrated) once, outside
     # the timings, while the model is built.
-    store = subprocess.Popen([sys.executable, "-c", "from llmops_tasks import tracking; tracking.experiment_id()"],
+    store = subprocess.Popen([sys.executable, "-c", "from llmops_tasks.core import tracking; tracking.experiment_id()"],
                              env=env, cwd=ROOT)
     try:
         base = work / "base"

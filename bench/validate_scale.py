@@ -63,7 +63,7 @@ PHASES = {
                "rows = len(frame)"),
     "validate": (
         "from llmops_tasks.validate import ValidateConfig, run\n"
-        "from llmops_tasks.errors import StepFailed\n"
+        "from llmops_tasks.core.errors import StepFailed\n"
         "try:\n"
         "    result = run(ValidateConfig(dataset=PATH, report_dir=OUT + '/validate'))\n"
         "except StepFailed as exc:\n"

@@ -4,48 +4,19 @@
 `resolve_inputs -> validate -> eda -> split -> train -> evaluate -> gate -> register (staging)
 -> approval -> promote (production)`
 
-* **validate** checks the data set with Great Expectations (rules, severities and thresholds from
-  `validate_preference.yaml`: types, blanks, lengths, UTF-8, control characters, PII, duplicates,
-  length bias, and contamination with `eval_dataset_uri` when it is set, which is itself checked
-  with `validate_eval.yaml`); a blocking failure of either fails the run here with a message
-  naming the file, the rules and rows, the failing rows in `quarantine.jsonl`, and nothing
-  downstream runs. The log prints the Data Docs path; both are logged to the step's
-  MLflow run.
-* **eda** writes a self-contained HTML report of the data set (lengths, duplicates, n-grams, PII,
-  sources) and what changed since the previous snapshot: the `eda.json` of this DAG's most recent
-  finished `eda` from an earlier run, found through MLflow (none on the first run; a lookup that
-  fails is logged and the report goes without the comparison).
-* **split** divides the data set into train and eval by a hash of the normalized prompt, so no
-  prompt is on both sides and a prompt stays on its side as new rows arrive.
-* **train** fine-tunes the base model with TRL (`sft`, `dpo`, `kto`, `orpo`, or `grpo`/`rloo`
-  against a reward model; LoRA optional) on a GPU pod (KubernetesPodOperator) or, in the
-  embedded mode, as a local subprocess of the same `llmops train` command. A retry resumes
-  from the last complete checkpoint.
-* **evaluate** generates on the held-out prompts (see below) with the candidate and with the
-  current `production` model (the base model when there is none) and scores BLEU / ROUGE.
-* **gate** applies the thresholds below; a candidate that fails stops here (the downstream
-  tasks show as skipped, the reason is in the gate's log and XCom) and nothing is registered.
-* **register** logs the candidate to MLflow and moves alias `staging` to it.
-* **approve** asks a human in *Required actions* when `require_approval` is on (the default),
-  with the gate summary and a comment field; otherwise `auto_approve` records that approval was
-  waived for this run. A Reject leaves production untouched; **record_rejection** tags the version
-  and appends the rejection to the model's audit log.
-* **promote** moves alias `production` to the new version (the replaced one keeps
-  `previous-production` for rollback) unless production moved since the gate compared.
-  The `model_rollback` DAG moves it back. MLflow settings come from the Airflow Connection
-  `mlflow_default` when it exists, read when the registry tasks run.
+Each task runs one `llmops` step (in the worker, as a local subprocess, or in a GPU pod): the same
+command, outputs and MLflow step run as on the command line. Invalid data fails the run at
+`validate` (report, Data Docs and `quarantine.jsonl` in the task log and its MLflow run); a
+candidate that fails its gate ends the run with everything after `gate` skipped and nothing
+registered; with `require_approval` on (the default) the run waits in *Required actions* before
+`production` moves. Empty Params mean the embedded defaults (sample data set, tiny local model,
+the method's packaged recipe). With `eval_dataset_uri` set, evaluate scores that fixed set instead of
+the split's held-out prompts, and validate checks it and refuses a data set sharing a prompt with
+it (rules `prompt_not_in_against`, `prompt_not_in_against_normalized`). The `model_rollback` DAG
+moves `production` back.
 
-Empty `dataset_uri` / `base_model` mean the embedded sample data set and the tiny local base
-model under `$LLMOPS_HOME`, created on first use.
-
-**Which prompts evaluate scores.** With `eval_dataset_uri` empty, the split's held-out part
-(`eval_fraction` of the prompts): disjoint from training by construction, since split assigns
-every row by a hash of its prompt with case and spacing normalized. With `eval_dataset_uri` set,
-that fixed eval set instead, the same for every snapshot, so scores compare across runs; validate
-then refuses a data set sharing a prompt with it (rules `prompt_not_in_against`, exact, and
-`prompt_not_in_against_normalized`, up to case, spacing and punctuation; both blocking).
-Training still uses only the split's train part in that case: the rows a snapshot trains on do
-not depend on which eval set scores them. Lower `eval_fraction` to train on more of the rows.
+What each task does, its Params and outputs: `docs/ARCHITECTURE.md`, section "The pipeline", in
+the project (`llmops --help` for the steps' settings).
 """
 
 from __future__ import annotations
@@ -58,6 +29,7 @@ from airflow.sdk import Param, dag, task
 
 from llmops_airflow.context import bind_run_context
 from llmops_airflow.operators import step_operator
+from llmops_airflow.steps import run_step
 
 DAG_ID = "llm_retraining"
 # Cron for scheduled retraining; set LLMOPS_RETRAIN_SCHEDULE="none" to trigger only by hand.
@@ -84,11 +56,11 @@ def _responder(answer: dict) -> str:
     return str(user)
 
 
-def _airflow_fail(exc: Exception):
-    """Data that is invalid will not become valid on retry: fail without retrying."""
-    from airflow.sdk.exceptions import AirflowFailException
+def _policy(name: str) -> str:
+    """A validation or gate policy shipped in the package (llmops_tasks/policies)."""
+    from llmops_tasks.core import settings
 
-    return AirflowFailException(str(exc))
+    return settings.packaged_policy(name)
 
 
 @dag(
@@ -147,99 +119,31 @@ def llm_retraining():
     def resolve_inputs(params=None) -> dict:
         """Fill in the embedded defaults (sample data, tiny base model) when a Param is empty."""
         bind_run_context()
-        from llmops_tasks import bootstrap, samples
+        from llmops_tasks.core import settings
+        from llmops_tasks.local import bootstrap, samples
 
         dataset = params["dataset_uri"] or str(samples.ensure_sample_data())
         base_model = params["base_model"] or str(bootstrap.ensure_tiny_model())
-        recipe = params["recipe"] or bootstrap.packaged_recipe(f"{params['method']}_tiny.yaml")
+        recipe = params["recipe"] or settings.packaged_recipe(f"{params['method']}_tiny.yaml")
         # "": no fixed eval set; evaluate uses the split's held-out part.
         eval_dataset = (params.get("eval_dataset_uri") or "").strip()
         return {"dataset": dataset, "base_model": base_model, "recipe": recipe, "eval_dataset": eval_dataset}
 
     @task(retries=0)
     def validate(inputs: dict) -> dict:
-        bind_run_context()
-        from llmops_tasks import bootstrap, tracking
-        from llmops_tasks import validate as step
-        from llmops_tasks.config import load
-        from llmops_tasks.errors import StepFailed
-        from llmops_tasks.settings import RunContext
-
-        # Rules, severities and thresholds come from the packaged recipe; the data set from the run.
-        # A fixed eval set is the `against` set: a training prompt found in it is contamination.
-        config = load(step.ValidateConfig, bootstrap.packaged_recipe("validate_preference.yaml"),
-                      {"dataset": inputs["dataset"], "kind": "preference",
-                       "against": inputs.get("eval_dataset", "")})
-
-        def check(config, step_name: str) -> tuple[dict, StepFailed | None]:
-            """Run one validation; log validation.json, the quarantine file and the Data Docs site
-            to its MLflow run. Returns the result and the failure (None when valid)."""
-            try:
-                result, failure = step.run(config), None
-            except StepFailed as exc:
-                result, failure = exc.result, exc
-            for label, path in (("quarantine", result.get("quarantine")), ("Data Docs", result.get("data_docs"))):
-                if path:
-                    print(f"{step_name} {label}: {path}")
-            if result.get("warnings"):
-                print(f"{step_name} warnings (not blocking): {', '.join(result['warnings'])}")
-            url = tracking.record_step(
-                step_name, {"dataset": config.dataset, "dataset_hash": result.get("dataset_hash"),
-                            "valid": failure is None, "against": config.against},
-                {"rows": result.get("rows", 0), "quarantined_rows": result.get("quarantined_rows", 0)},
-                [result.get("report", ""), result.get("quarantine") or ""])
-            if result.get("data_docs"):
-                tracking.client().log_artifacts(url.rsplit("/", 1)[-1], os.path.dirname(result["data_docs"]),
-                                                artifact_path="reports/data_docs")
-            result["mlflow_run_url"] = url
-            return result, failure
-
-        result, failure = check(config, "validate")
-        failures = [failure] if failure else []
-        if config.against:
-            # The fixed eval set is checked too (its own rules: prompt / reference, size, duplicates),
-            # here rather than when evaluate reads it after the training has been paid for.
-            eval_config = load(step.ValidateConfig, bootstrap.packaged_recipe("validate_eval.yaml"),
-                               {"dataset": config.against, "kind": "eval",
-                                "report_dir": RunContext.from_env().step_dir("validate") + "/eval_set"})
-            eval_result, eval_failure = check(eval_config, "validate_eval_set")
-            result["eval_set"] = {key: eval_result.get(key) for key in
-                                  ("valid", "rows", "report", "warnings", "quarantine", "data_docs", "mlflow_run_url")}
-            failures += [eval_failure] if eval_failure else []
-        if failures:
-            raise _airflow_fail(StepFailed("\n".join(str(f) for f in failures)))
-        return result
+        # A fixed eval set is the `against` set (a training prompt in it is contamination) and is
+        # itself validated with validate_eval.yaml.
+        return run_step("validate", config_file=_policy("validate_preference.yaml"), overrides={
+            "dataset": inputs["dataset"], "kind": "preference", "against": inputs["eval_dataset"],
+            "against_policy": "validate_eval.yaml" if inputs["eval_dataset"] else ""})
 
     @task
     def eda(inputs: dict, validation: dict) -> dict:
-        bind_run_context()
-        from llmops_tasks import eda as step
-        from llmops_tasks import snapshots, tracking
-        from llmops_tasks.settings import RunContext
+        return run_step("eda", overrides={"dataset": inputs["dataset"], "kind": "preference", "previous": "auto"})
 
-        out = RunContext.from_env().step_dir("eda")
-        # The previous snapshot's eda.json through MLflow, or "" (first run, or it could not be
-        # read: snapshots logs why); never fails the task.
-        previous = snapshots.previous_eda_report(out)
-        result = step.run(step.EdaConfig(dataset=inputs["dataset"], kind="preference", out=out, previous=previous))
-        print(f"EDA report: {result['report_html']}")
-        result["previous"] = previous
-        result["mlflow_run_url"] = tracking.record_step(
-            "eda", {"dataset": inputs["dataset"], snapshots.EDA_REPORT_PARAM: result["report_json"],
-                    "previous": previous},
-            {"rows": result["rows"]}, [result["report_html"], result["report_json"]])
-        return result
-
-    @task
+    @task(retries=0)
     def split(inputs: dict, validation: dict, params=None) -> dict:
-        bind_run_context()
-        from llmops_tasks import split as step
-        from llmops_tasks.errors import StepFailed
-
-        try:
-            return step.run(step.SplitConfig(dataset=inputs["dataset"], eval_fraction=params["eval_fraction"]))
-        except StepFailed as exc:
-            raise _airflow_fail(exc) from exc
+        return run_step("split", overrides={"dataset": inputs["dataset"], "eval_fraction": params["eval_fraction"]})
 
     inputs = resolve_inputs()
     validation = validate(inputs)
@@ -256,9 +160,9 @@ def llm_retraining():
             "--config", _xcom("resolve_inputs", "recipe"),
             "--base-model", _xcom("resolve_inputs", "base_model"),
             "--train-data", train_data,
-            "--set", "max_steps={{ params.max_steps }}",
-            "--set", "learning_rate={{ params.learning_rate }}",
-            "--set", "lora={{ params.lora }}",
+            "--set", "trainer.max_steps={{ params.max_steps }}",
+            "--set", "trainer.learning_rate={{ params.learning_rate }}",
+            "--set", "model.use_peft={{ params.lora }}",
             "--set", "reward_model={{ params.reward_model or '' }}",
             "--set", f"num_processes={TRAIN_GPUS}",
         ],
@@ -289,50 +193,21 @@ def llm_retraining():
 
         A rejection ends the run successful with the downstream tasks skipped, and shows why: the
         log line, XComs ``decision`` and ``report`` (report.html with the decision on top) and the
-        gate's MLflow run. A crash (no metrics, bad policy) fails the task instead.
+        gate's MLflow run. A gate that cannot judge (no metrics, bad policy) fails the task instead.
         """
-        bind_run_context()
-        from llmops_airflow.mlflow_connection import mlflow_env
-        from llmops_tasks import bootstrap, tracking
-        from llmops_tasks import gate as step
-        from llmops_tasks.errors import StepFailed
-
-        config = step.GateConfig(metrics=metrics["metrics"],
-                                 policy=params["gate_policy"] or bootstrap.packaged_recipe("gate.yaml"),
-                                 min_bleu=params["gate_min_bleu"], max_regression=params["gate_max_regression"])
-        try:
-            decision = step.run(config)
-        except StepFailed as exc:
-            if not isinstance(exc.result, dict) or "passed" not in exc.result:
-                raise  # not a decision: the gate could not judge, which is a failure, not a rejection
-            decision = exc.result
+        decision = run_step("gate", rejection_is_result=True, overrides={
+            "metrics": metrics["metrics"], "policy": params["gate_policy"] or _policy("gate.yaml"),
+            "min_bleu": params["gate_min_bleu"], "max_regression": params["gate_max_regression"]})
         ti.xcom_push(key="decision", value=decision)
         ti.xcom_push(key="report", value=decision.get("report_path", ""))
-        verdict = "PASSED" if decision["passed"] else "REJECTED (nothing is registered; downstream tasks skip)"
-        print(f"gate {verdict}: {decision['reason']}")
-        print(f"gate report: {decision.get('report_path', '')}")
-        with mlflow_env():
-            ti.xcom_push(key="mlflow_run_url", value=tracking.record_step(
-                "gate", {"policy": config.policy, **config.thresholds()},
-                {"passed": float(decision["passed"]), "rules_failed": float(len(decision["failed_rules"]))},
-                [decision["decision_path"], decision.get("report_path", "")]))
         return bool(decision["passed"])
 
     @task
-    def register(train_result: dict, metrics: dict, validation: dict) -> dict:
-        bind_run_context()
-        from llmops_airflow.mlflow_connection import mlflow_env
-        from llmops_tasks import registry
-        from llmops_tasks.settings import RunContext
-
-        with mlflow_env():
-            return registry.register(registry.RegisterConfig(
-                train_result=train_result["result_file"],
-                metrics=metrics["metrics"],
-                decision=RunContext.from_env().step_dir("gate") + "/decision.json",
-                dataset_hash=validation["dataset_hash"],
-                validation=validation.get("report", ""),
-            ))
+    def register(train_result: dict, metrics: dict, validation: dict, ti=None) -> dict:
+        return run_step("registry", action="register", overrides={
+            "train_result": train_result["result_file"], "metrics": metrics["metrics"],
+            "decision": ti.xcom_pull(task_ids="gate", key="decision")["decision_path"],
+            "dataset_hash": validation["dataset_hash"], "validation": validation.get("report", "")})
 
     @task.branch
     def approval_route(params=None) -> str:

@@ -48,7 +48,7 @@ def model_rollback():
 
         from llmops_airflow.mlflow_connection import mlflow_env
         from llmops_tasks import registry
-        from llmops_tasks.errors import StepFailed
+        from llmops_tasks.core.errors import StepFailed
 
         actor = getattr(dag_run, "triggering_user_name", None) or "airflow"
         with mlflow_env():

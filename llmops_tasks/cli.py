@@ -20,31 +20,23 @@ import argparse
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import sys
 import typing
-from collections.abc import Callable
 from typing import Any
 
 from llmops_tasks import __version__
-from llmops_tasks.config import ConfigError, load
-from llmops_tasks.errors import StepFailed
+from llmops_tasks.core import logs
+from llmops_tasks.core.command import Command
+from llmops_tasks.core.config import ConfigError, deep_merge, load, parse_overrides
+from llmops_tasks.core.errors import StepFailed
 
-
-@dataclasses.dataclass(frozen=True)
-class Command:
-    """A runnable step: its config dataclass and the function that runs it."""
-
-    config_cls: type
-    run: Callable[[Any], dict]
-    help: str
-    # Human-readable rendering of the result; the JSON is printed instead when the config says json.
-    render: Callable[[dict], str] | None = None
-
+log = logging.getLogger("llmops_tasks.cli")
 
 # subcommand -> (module, one-line help). Modules are imported lazily.
 STEPS: dict[str, tuple[str, str]] = {
-    "init": ("llmops_tasks.bootstrap", "create the embedded home: sample data and the tiny local base model"),
+    "init": ("llmops_tasks.local.bootstrap", "create the embedded home: sample data and the tiny local base model"),
     "validate": ("llmops_tasks.validate", "check a data set against its Great Expectations suite"),
     "eda": ("llmops_tasks.eda", "write an EDA report (HTML + JSON) for a data set"),
     "split": ("llmops_tasks.split", "split a preference data set into train / eval files, by prompt"),
@@ -52,9 +44,9 @@ STEPS: dict[str, tuple[str, str]] = {
     "evaluate": ("llmops_tasks.evaluate", "generate on the eval set and score candidate vs champion"),
     "gate": ("llmops_tasks.gate", "decide whether a candidate may be registered, from its metrics"),
     "registry": ("llmops_tasks.registry", "MLflow model registry: register, status, promote, rollback"),
-    "env": ("llmops_tasks.embedded", "print the embedded deployment's variables as shell exports"),
-    "demo": ("llmops_tasks.demo", "run the llm_retraining DAG end to end on the embedded defaults"),
-    "up": ("llmops_tasks.services", "start Airflow and MLflow as services on loopback for the embedded home"),
+    "env": ("llmops_tasks.local.embedded", "print the embedded deployment's variables as shell exports"),
+    "demo": ("llmops_tasks.local.demo", "run the llm_retraining DAG end to end on the embedded defaults"),
+    "up": ("llmops_tasks.local.services", "start Airflow and MLflow as services on loopback for the embedded home"),
 }
 
 
@@ -66,7 +58,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
     parser.add_argument("--config", metavar="FILE", help="YAML recipe; its keys are the settings below")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one setting (repeatable); wins over the recipe",
+        help="override one setting (repeatable); wins over the recipe; a dotted key reaches into a section "
+        "(--set trainer.learning_rate=3e-4)",
     )
     parser.add_argument(
         "--result-file", metavar="PATH", default=os.environ.get("LLMOPS_RESULT_FILE"),
@@ -86,6 +79,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
         kind = typing.get_origin(hints[f.name])
         metavar = "{" + ",".join(map(str, typing.get_args(hints[f.name]))) + "}" if kind is typing.Literal else f.name.upper()
         extra: dict[str, Any] = {"nargs": "?", "const": True} if hints[f.name] is bool else {}
+        if kind is dict:  # a section: --trainer KEY=VALUE, repeatable, merged key by key into the recipe's
+            metavar, extra = "KEY=VALUE", {"action": "append"}
         group.add_argument(
             "--" + f.name.replace("_", "-"), dest=f"field__{f.name}", type=str,
             default=argparse.SUPPRESS, help=help_text, metavar=metavar, **extra,
@@ -126,10 +121,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from llmops_tasks.config import _deep_merge, parse_overrides
-
     fields = {k.removeprefix("field__"): v for k, v in vars(args).items() if k.startswith("field__")}
-    return _deep_merge(fields, parse_overrides(args.overrides))
+    for name, value in fields.items():
+        if isinstance(value, list):  # a section's KEY=VALUE pairs
+            fields[name] = parse_overrides(value)
+    return deep_merge(fields, parse_overrides(args.overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,19 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         parser.print_help()
         return 2
+    logs.setup()
     try:
         config = load(command.config_cls, args.config, _collect_overrides(args))
         result = command.run(config)
         status = 0
     except ConfigError as exc:
-        print(f"llmops {args.step}: configuration error: {exc}", file=sys.stderr)
+        log.error("llmops %s: configuration error: %s", args.step, exc)
         return 2
     except StepFailed as exc:
-        print(f"llmops {args.step}: {exc}", file=sys.stderr)
+        log.error("llmops %s: %s", args.step, exc)
         result = exc.result
         status = 1
     if args.result_file:
-        from llmops_tasks.data import write_json
+        from llmops_tasks.core.data import write_json
 
         write_json(args.result_file, result)
     if command.render is not None and status == 0 and not getattr(config, "json", False):
@@ -165,8 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m llmops_tasks.cli` loads this file as __main__; run the package's copy so the
-    # Command class the steps build is the one checked above.
-    from llmops_tasks.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -13,15 +13,15 @@ lengths go into compact integer arrays (4 bytes a value, exact percentiles), rep
 with 64-bit keys, and the bigram counter is pruned to its most frequent entries when it grows
 past :data:`BIGRAM_CAP` (its top entries are then approximate). Each chunk is measured a column
 at a time (pyarrow.compute and numpy, the same measures as ``validate``: see
-:class:`llmops_tasks.validate.TextColumn`); no pandas or plotting library is needed.
+:class:`llmops_tasks.text.columns.TextColumn`); no pandas or plotting library is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
-import html
 import itertools
+import logging
 import math
 import re
 from array import array
@@ -31,23 +31,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from llmops_tasks import data, pii
-from llmops_tasks.config import field, require
-from llmops_tasks.errors import StepFailed
-from llmops_tasks.settings import RunContext
-from llmops_tasks.validate import (
-    TEXT_COLUMNS,
-    KeySet,
-    TextColumn,
-    _ascii_words,
-    checked_columns,
-    combine_keys,
-    load_rule,
-    read_chunks,
-    text_keys,
-    token_counter,
-)
+from llmops_tasks.core import data, io, tracking
+from llmops_tasks.core.config import field, require
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.core.html import esc, page
+from llmops_tasks.core.settings import RunContext
+from llmops_tasks.text import pii
+from llmops_tasks.text.columns import KeySet, TextColumn, ascii_words, combine_keys, text_keys, token_counter
+from llmops_tasks.text.records import TEXT_COLUMNS, checked_columns
 
+log = logging.getLogger(__name__)
+# EdaConfig.previous: find the previous snapshot's report through MLflow.
+PREVIOUS_AUTO = "auto"
 _WORD = re.compile(r"[\w']+")
 BIGRAM_CAP = 500_000  # distinct bigrams kept before pruning to the most frequent half
 
@@ -64,6 +59,8 @@ class EdaConfig:
     tokenizer: str = field("", help="tokenizer folder or name for token lengths (AutoTokenizer); "
                                     "empty = whitespace-separated words")
     previous: str = field("", help="eda.json of the previous data set snapshot, to report what changed; "
+                                   f"{PREVIOUS_AUTO!r} = the report of this DAG's most recent finished eda run "
+                                   "from an earlier DAG run, found through MLflow (none on the first run); "
                                    "empty = no comparison")
     chunk_rows: int = field(50_000, help="rows read at a time; bounds memory for large data sets")
 
@@ -163,7 +160,7 @@ def _bigrams(prompts) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    words = _ascii_words(prompts, _ASCII_WORD)
+    words = ascii_words(prompts, _ASCII_WORD)
     flat = pc.list_flatten(words)
     parents = pc.list_parent_indices(words)
     keep = pc.not_equal(flat, "")
@@ -437,10 +434,6 @@ svg text{font-size:10px;fill:#334e68}
 """
 
 
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _number(value: Any) -> str:
     if value is None:
         return "–"
@@ -491,8 +484,8 @@ def bars_svg(items: list[tuple[str, float]], title: str, width: int = 520, value
     peak = max(v for _, v in items) or 1
     plot_w = width - label_w - 60
     parts = [
-        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{esc(title)}">'
+        (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+         f'aria-label="{esc(title)}">')
     ]
     for i, (label, value) in enumerate(items):
         y = 3 + i * row_h
@@ -514,8 +507,6 @@ def render_html(report: dict[str, Any]) -> str:
     dup = report["duplicates"]
     prompts = report.get("prompts")
     pairs = report.get("pairs")
-    add("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
-    add(f"<title>EDA – {esc(report.get('dataset', ''))}</title><style>{_STYLE}</style></head><body>")
     add("<h1>Data set report</h1>")
     add(f'<p class="muted">{esc(report.get("dataset", ""))} · kind {esc(report["kind"])} · '
         f'sha256 {esc(str(report.get("dataset_hash") or "")[:16])}</p>')
@@ -608,32 +599,51 @@ def render_html(report: dict[str, Any]) -> str:
         for label in ("columns_added", "columns_removed"):
             if change[label]:
                 add(f'<p>{esc(label.replace("_", " "))}: {esc(", ".join(change[label]))}</p>')
-    add("</body></html>\n")
-    return "\n".join(out)
+    return page(f"EDA – {report.get('dataset', '')}", "\n".join(out), _STYLE)
 
 
 # --- the step --------------------------------------------------------------------------------
 
 
 def run(config: EdaConfig) -> dict[str, Any]:
-    """Describe ``config.dataset`` chunk by chunk; write ``eda.json`` and ``eda.html`` under ``config.out``."""
-    uri = config.dataset
+    """The whole step: find the previous snapshot's report (``previous: auto``), describe the data
+    set, record the step's MLflow run with both reports (the next run's ``auto`` finds it there)."""
+    from llmops_tasks import snapshots
+
     out = (config.out or RunContext.from_env().step_dir("eda")).rstrip("/")
+    previous = config.previous
+    if previous == PREVIOUS_AUTO:
+        # The comparison is informative: a lookup that finds nothing or fails says why, never fails the step.
+        previous = snapshots.previous_eda_report(out)
+    result = write_reports(config, out, previous)
+    log.info("EDA report: %s", result["report_html"])
+    result["previous"] = previous
+    result["mlflow_run_url"] = tracking.record_step(
+        snapshots.EDA_STEP, {"dataset": config.dataset, "kind": config.kind,
+                             snapshots.EDA_REPORT_PARAM: result["report_json"], "previous": previous},
+        {"rows": result["rows"]}, [result["report_html"], result["report_json"]])
+    return result
+
+
+def write_reports(config: EdaConfig, out: str, previous_report: str = "") -> dict[str, Any]:
+    """Describe ``config.dataset`` chunk by chunk; write ``eda.json`` and ``eda.html`` under ``out``,
+    with what changed since ``previous_report`` (an ``eda.json``) when one is given."""
+    uri = config.dataset
     previous = None
-    if config.previous:
+    if previous_report:
         try:
-            previous = data.read_json(config.previous)
+            previous = data.read_json(previous_report)
         except (OSError, ValueError) as exc:
-            raise StepFailed(f"{config.previous}: previous report cannot be read ({type(exc).__name__}: {exc})",
-                             {"error": str(exc), "previous": config.previous}) from None
+            raise StepFailed(f"{previous_report}: previous report cannot be read ({type(exc).__name__}: {exc})",
+                             {"error": str(exc), "previous": previous_report}) from None
     profile = Profile(config.kind, config.bins, config.top_k, config.tokenizer)
     try:
-        for chunk in read_chunks(uri, config.chunk_rows):
+        for chunk in data.read_chunks(uri, config.chunk_rows):
             profile.add(chunk)
     except data.DataError as exc:
         text = str(exc)
         detail = text[len(uri) + 2 :] if text.startswith(f"{uri}: ") else text
-        raise StepFailed(f"{uri}: rule {load_rule(text)} failed: {detail}", {"error": text, "dataset": uri}) from None
+        raise StepFailed(f"{uri}: rule {data.load_rule(text)} failed: {detail}", {"error": text, "dataset": uri}) from None
 
     report = {"dataset": uri, "dataset_hash": data.content_hash(uri)}
     report.update(profile.report())
@@ -641,24 +651,11 @@ def run(config: EdaConfig) -> dict[str, Any]:
         report["change"] = compare(report, previous)
     json_path, html_path = f"{out}/eda.json", f"{out}/eda.html"
     data.write_json(json_path, report)
-    _write_text(html_path, render_html(report))
+    io.write_text(html_path, render_html(report))
     return {"report_html": html_path, "report_json": json_path, "rows": report["rows"]}
 
 
-def _write_text(uri: str, text: str) -> None:
-    import os
-
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    fs.mv(tmp, path)
-
-
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return Command(EdaConfig, run, "write an EDA report (HTML + JSON) for a data set")

@@ -8,13 +8,11 @@ image is fetched: the charts are inline SVG, and every piece of text from the da
 
 from __future__ import annotations
 
-import html
-import json
 import math
-import os
 from typing import Any
 
-from llmops_tasks import data
+from llmops_tasks.core import data, io
+from llmops_tasks.core.html import esc, page
 
 METRIC_LABELS = {
     "bleu": "BLEU",
@@ -42,17 +40,11 @@ vertical-align:top;text-align:left}th{background:#f7fafc}td.num{text-align:right
 """
 
 
-def _esc(value: Any) -> str:
-    if isinstance(value, (list, dict)):
-        value = json.dumps(value, ensure_ascii=False)
-    return html.escape("" if value is None else str(value), quote=True)
-
-
 def _num(value: Any, digits: int = 4) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return "–"
     if math.isnan(value) or math.isinf(value):
-        return _esc(value)
+        return esc(value)
     return f"{value:.{digits}f}"
 
 
@@ -76,8 +68,8 @@ def metric_chart(metric: str, metrics: dict[str, Any]) -> str:
         return left + (value - low) / span * (width - left - right)
 
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="86" role="img" '
-              f'aria-label="{_esc(METRIC_LABELS[metric])}">'),
-             f'<text x="0" y="12" font-size="12" font-weight="600">{_esc(METRIC_LABELS[metric])}</text>']
+              f'aria-label="{esc(METRIC_LABELS[metric])}">'),
+             f'<text x="0" y="12" font-size="12" font-weight="600">{esc(METRIC_LABELS[metric])}</text>']
     for row, (name, value, color) in enumerate((("candidate", candidate, CANDIDATE_COLOR),
                                                 ("champion", champion, CHAMPION_COLOR))):
         y = 22 + row * (bar_h + 8)
@@ -123,7 +115,7 @@ def delta_chart(metrics: dict[str, Any]) -> str:
         worse = (hi < 0) if metric not in lower_better else (lo > 0)
         color = "#276749" if better else "#c53030" if worse else "#4a5568"
         y = i * row_h + row_h / 2
-        parts.append(f'<text x="0" y="{y + 4}" font-size="11">{_esc(METRIC_LABELS[metric])}</text>'
+        parts.append(f'<text x="0" y="{y + 4}" font-size="11">{esc(METRIC_LABELS[metric])}</text>'
                      f'<line x1="{x(lo):.1f}" y1="{y}" x2="{x(hi):.1f}" y2="{y}" stroke="{color}" stroke-width="3">'
                      f'<title>[{_num(lo)}, {_num(hi)}]</title></line>'
                      f'<circle cx="{x(point):.1f}" cy="{y}" r="4" fill="{color}"/>'
@@ -144,7 +136,7 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
               "<th>95% interval</th><th>difference</th><th>95% interval of the difference</th></tr>")]
     for metric in _metrics_in(metrics):
         lines.append(
-            f"<tr><td>{_esc(METRIC_LABELS[metric])}</td>"
+            f"<tr><td>{esc(METRIC_LABELS[metric])}</td>"
             f'<td class="num">{_num(metrics["candidate"][metric])}</td>'
             f'<td class="num">{interval((own.get("candidate") or {}).get(metric))}</td>'
             f'<td class="num">{_num(metrics["champion"][metric])}</td>'
@@ -161,13 +153,13 @@ def _decision_section(decision: dict[str, Any] | None) -> str:
         return ""
     verdict = "pass" if decision.get("passed") else "fail"
     rows = "".join(
-        f'<tr><td>{_esc(r.get("rule"))}</td><td>{_esc(r.get("metric"))}</td><td class="num">{_num(r.get("value"))}</td>'
+        f'<tr><td>{esc(r.get("rule"))}</td><td>{esc(r.get("metric"))}</td><td class="num">{_num(r.get("value"))}</td>'
         f'<td class="num">{_num(r.get("threshold"))}</td><td class="{"pass" if r.get("passed") else "fail"}">'
-        f'{"pass" if r.get("passed") else "fail"}</td><td>{_esc(r.get("detail"))}</td></tr>'
+        f'{"pass" if r.get("passed") else "fail"}</td><td>{esc(r.get("detail"))}</td></tr>'
         for r in decision.get("rules") or []
     )
     return (f'<h2>Gate</h2><div class="banner {verdict}">{"PASSED" if verdict == "pass" else "REJECTED"}: '
-            f'{_esc(decision.get("reason"))}</div><table><tr><th>rule</th><th>metric</th><th>value</th>'
+            f'{esc(decision.get("reason"))}</div><table><tr><th>rule</th><th>metric</th><th>value</th>'
             f"<th>threshold</th><th>result</th><th>detail</th></tr>{rows}</table>")
 
 
@@ -190,14 +182,14 @@ def _examples_table(title: str, picked, candidate_rows: list[dict], champion_row
     for gain, i in picked:
         cand, champ = candidate_rows[i], champion_rows[i]
         rows.append(
-            f'<tr><td>{_esc(cand.get("id", i + 1))}</td><td class="answer">{_esc(cand.get("prompt"))}</td>'
-            f'<td class="answer">{_esc(cand.get("reference"))}</td>'
-            f'<td class="answer">{_esc(cand.get("prediction"))}<br><span class="muted">ROUGE-L '
+            f'<tr><td>{esc(cand.get("id", i + 1))}</td><td class="answer">{esc(cand.get("prompt"))}</td>'
+            f'<td class="answer">{esc(cand.get("reference"))}</td>'
+            f'<td class="answer">{esc(cand.get("prediction"))}<br><span class="muted">ROUGE-L '
             f'{_num(cand.get("rougeL"), 3)}</span></td>'
-            f'<td class="answer">{_esc(champ.get("prediction"))}<br><span class="muted">ROUGE-L '
+            f'<td class="answer">{esc(champ.get("prediction"))}<br><span class="muted">ROUGE-L '
             f'{_num(champ.get("rougeL"), 3)}</span></td><td class="num">{_num(gain, 3)}</td></tr>'
         )
-    return (f"<h2>{_esc(title)}</h2><table><tr><th>#</th><th>prompt</th><th>reference</th><th>candidate</th>"
+    return (f"<h2>{esc(title)}</h2><table><tr><th>#</th><th>prompt</th><th>reference</th><th>candidate</th>"
             f"<th>champion</th><th>ROUGE-L gain</th></tr>{''.join(rows)}</table>")
 
 
@@ -212,22 +204,19 @@ def render(
     best, worst = pick_examples(candidate_rows, champion_rows)
     level = round(float(metrics.get("ci_level", 0.95)) * 100)
     charts = "".join(metric_chart(m, metrics) for m in _metrics_in(metrics))
-    return (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>Evaluation: candidate vs {_esc(label)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>Evaluation: candidate vs {_esc(label)}</h1>"
-        f'<p class="muted">{_esc(metrics.get("n"))} eval examples from {_esc(metrics.get("eval_data"))} '
-        f'(sha256 {_esc(str(metrics.get("eval_hash", ""))[:12])}); candidate {_esc(metrics.get("candidate_model"))}; '
-        f'champion {_esc(metrics.get("champion_model"))}; {level}% paired bootstrap intervals over '
-        f'{_esc(metrics.get("bootstrap_samples"))} resamples; reward: {_esc(metrics.get("reward", ""))}.</p>'
+    return page(f"Evaluation: candidate vs {label}", (
+        f"<h1>Evaluation: candidate vs {esc(label)}</h1>"
+        f'<p class="muted">{esc(metrics.get("n"))} eval examples from {esc(metrics.get("eval_data"))} '
+        f'(sha256 {esc(str(metrics.get("eval_hash", ""))[:12])}); candidate {esc(metrics.get("candidate_model"))}; '
+        f'champion {esc(metrics.get("champion_model"))}; {level}% paired bootstrap intervals over '
+        f'{esc(metrics.get("bootstrap_samples"))} resamples; reward: {esc(metrics.get("reward", ""))}.</p>'
         f"{_decision_section(decision)}"
         f"<h2>Metrics</h2>{_metrics_table(metrics)}"
         f'<h2>Candidate and champion</h2><div class="charts">{charts}</div>'
         f"<h2>Difference candidate - champion ({level}% interval)</h2>{delta_chart(metrics)}"
         f"{_examples_table('Where the candidate gained most', best, candidate_rows, champion_rows)}"
         f"{_examples_table('Where the candidate lost most', worst, candidate_rows, champion_rows)}"
-        "</body></html>\n"
-    )
+    ), STYLE)
 
 
 def write(
@@ -238,20 +227,7 @@ def write(
     decision: dict[str, Any] | None = None,
 ) -> str:
     """Render and write atomically (a reader never sees half a page); returns ``path``."""
-    import fsspec
-
-    page = render(metrics, candidate_rows, champion_rows, decision)
-    fs, local = fsspec.core.url_to_fs(path)
-    fs.makedirs(os.path.dirname(local) or ".", exist_ok=True)
-    tmp = f"{local}.tmp-{os.getpid()}"
-    try:
-        with fs.open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        fs.mv(tmp, local)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-    return path
+    return io.write_text(path, render(metrics, candidate_rows, champion_rows, decision))
 
 
 def write_from_files(path: str, metrics: dict[str, Any], decision: dict[str, Any] | None = None) -> str:

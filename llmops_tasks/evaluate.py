@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmops_tasks import data, settings
-from llmops_tasks.config import field, require
-from llmops_tasks.errors import StepFailed
-from llmops_tasks.settings import RunContext
+from llmops_tasks.core import data, settings
+from llmops_tasks.core.config import field, require
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.core.settings import RunContext
+from llmops_tasks.serving import generation
+from llmops_tasks.text.records import answer_text
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 TEXT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
@@ -104,13 +106,6 @@ def load_metric(name: str):
     return evaluate.load(str(folder), keep_in_memory=True)
 
 
-def _text(value: Any) -> str:
-    """An answer is a string, or a conversation whose last message is the answer."""
-    if isinstance(value, list):
-        return str(value[-1].get("content", "")) if value else ""
-    return "" if value is None else str(value)
-
-
 def read_eval_set(uri: str, max_samples: int = 0) -> list[dict[str, Any]]:
     """Rows with ``prompt`` and ``reference``, plus ``chosen``/``rejected`` where the set has them."""
     try:
@@ -136,9 +131,9 @@ def read_eval_set(uri: str, max_samples: int = 0) -> list[dict[str, Any]]:
         )
     out = []
     for r in rows:
-        row = {"prompt": r["prompt"], "reference": _text(r["reference"])}
+        row = {"prompt": r["prompt"], "reference": answer_text(r["reference"])}
         if r.get("chosen") is not None and r.get("rejected") is not None:
-            row.update(chosen=_text(r["chosen"]), rejected=_text(r["rejected"]))
+            row.update(chosen=answer_text(r["chosen"]), rejected=answer_text(r["rejected"]))
         if r.get("id") is not None:
             row["id"] = r["id"]
         out.append(row)
@@ -191,65 +186,13 @@ def champion_cache_path(champion: dict[str, str], eval_hash: str, config: Evalua
     return settings.home() / "cache" / "predictions" / f"{digest}.jsonl"
 
 
-def _load(model_ref: str, padding_side: str):
-    """(model in eval mode, tokenizer with a pad token, device) for one model folder or hub id."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_ref)
-    tokenizer.padding_side = padding_side
-    tokenizer.truncation_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_ref, **({"dtype": "auto"} if device == "cuda" else {}))
-    model.to(device)
-    model.eval()
-    return model, tokenizer, device
-
-
-def _prompt_text(tokenizer, prompt: Any) -> str:
-    if isinstance(prompt, list):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return str(prompt)
-
-
-def generate(
-    model_ref: str, prompts: list[Any], *, max_new_tokens: int, batch_size: int, seed: int
-) -> list[tuple[str, int]]:
-    """Greedy answers to ``prompts``: (text of the new tokens, number of new tokens before EOS)."""
-    import torch
-
-    # Decoder-only models continue from the last position: pad on the left so every prompt ends there.
-    model, tokenizer, device = _load(model_ref, padding_side="left")
-    limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
-    texts = [_prompt_text(tokenizer, p) for p in prompts]
-    stop_ids = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
-    torch.manual_seed(seed)
-    answers: list[tuple[str, int]] = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            encoded = tokenizer(
-                texts[start:start + batch_size], return_tensors="pt", padding=True,
-                truncation=limit is not None, max_length=max(1, limit - max_new_tokens) if limit else None,
-            ).to(device)
-            output = model.generate(
-                **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            )
-            for row in output[:, encoded["input_ids"].shape[1]:].tolist():
-                length = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
-                answers.append((tokenizer.decode(row[:length], skip_special_tokens=True).strip(), length))
-    del model
-    return answers
-
-
 def answer_logprobs(model_ref: str, pairs: list[tuple[Any, str]], *, batch_size: int) -> list[tuple[float, int]]:
     """(summed log pi(answer | prompt), answer tokens) for each (prompt, answer), by teacher forcing.
 
     The answer is scored as training sees it: the tokens of prompt + answer after the prompt's own
     tokens, plus EOS. Long inputs lose the start of the prompt, never the answer.
     """
-    model, tokenizer, device = _load(model_ref, padding_side="right")
+    model, tokenizer, device = generation.load_model(model_ref, padding_side="right")
     try:
         return _score_answers(model, tokenizer, device, pairs, batch_size)
     finally:
@@ -269,7 +212,7 @@ def _score_answers(model, tokenizer, device, pairs: list[tuple[Any, str]], batch
     limit = min(limit, tokenizer.model_max_length)
     sequences: list[tuple[list[int], int]] = []  # (input ids, index of the first answer token)
     for prompt, answer in pairs:
-        prompt_text = _prompt_text(tokenizer, prompt)
+        prompt_text = generation.prompt_text(tokenizer, prompt)
         prompt_ids = tokenizer(prompt_text)["input_ids"]
         full_ids = tokenizer(prompt_text + answer)["input_ids"]
         if tokenizer.eos_token_id is not None:
@@ -304,12 +247,12 @@ def _score_answers(model, tokenizer, device, pairs: list[tuple[Any, str]], batch
 
 def _predict(model_ref: str, rows: list[dict[str, Any]], config: EvaluateConfig) -> list[dict[str, Any]]:
     """The model's answers and its log-probabilities of the reference (and chosen/rejected) answers."""
-    answers = generate(
+    answers = generation.generate(
         model_ref, [r["prompt"] for r in rows],
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed,
     )
     predicted = [{**row, "prediction": text, "gen_tokens": length} for row, (text, length) in zip(rows, answers)]
-    model, tokenizer, device = _load(model_ref, padding_side="right")  # one load for every answer scored
+    model, tokenizer, device = generation.load_model(model_ref, padding_side="right")  # one load for every answer scored
     scored = {"reference": _score_answers(model, tokenizer, device, [(r["prompt"], r["reference"]) for r in rows],
                                           config.batch_size)}
     if "chosen" in rows[0]:
@@ -569,8 +512,8 @@ def run(config: EvaluateConfig) -> dict:
 
 def _log_to_mlflow(metrics: dict, paths: dict[str, str], config: EvaluateConfig) -> str:
     """A child run with candidate, champion, delta and interval bounds as metrics, files as artifacts."""
-    from llmops_tasks import tracking
-    from llmops_tasks.config import to_dict
+    from llmops_tasks.core import tracking
+    from llmops_tasks.core.config import to_dict
 
     flat: dict[str, float] = {}
     for group in ("candidate", "champion", "delta"):
@@ -591,6 +534,6 @@ def _log_to_mlflow(metrics: dict, paths: dict[str, str], config: EvaluateConfig)
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return Command(EvaluateConfig, run, "generate on the eval set and score candidate vs champion")

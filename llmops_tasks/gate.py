@@ -24,15 +24,17 @@ decision on top) is written, and the step fails with the reason (CLI exit code 1
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from dataclasses import dataclass
 from typing import Any
 
-from llmops_tasks import data
-from llmops_tasks.config import ConfigError, _coerce, field, load_yaml, require
-from llmops_tasks.errors import StepFailed
-from llmops_tasks.settings import RunContext
+from llmops_tasks.core import data, tracking
+from llmops_tasks.core.config import ConfigError, coerce, field, load_yaml, require
+from llmops_tasks.core.errors import Rejected, StepFailed
+from llmops_tasks.core.settings import RunContext
 
+log = logging.getLogger(__name__)
 TEXT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
 # Every metric evaluate can report that a rule may name; perplexity improves downwards.
 METRIC_NAMES = (*TEXT_METRICS, "preference_accuracy", "reward_margin", "perplexity")
@@ -113,7 +115,7 @@ class GateConfig:
             else:
                 default = spec.default
             if getattr(self, name) == default:  # not set inline: the file decides
-                setattr(self, name, _coerce(value, hints[name], f"{self.policy}.{name}"))
+                setattr(self, name, coerce(value, hints[name], f"{self.policy}.{name}"))
 
     def thresholds(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in THRESHOLDS}
@@ -221,6 +223,25 @@ def decide(metrics: dict[str, Any], policy: GateConfig) -> dict[str, Any]:
 
 
 def run(config: GateConfig) -> dict:
+    """The whole step: decide, write decision.json (and report.html), record the step's MLflow run.
+    A rejection raises :class:`Rejected` with the decision; a gate that cannot judge raises StepFailed."""
+    decision = judge(config)
+    verdict = "PASSED" if decision["passed"] else "REJECTED (nothing is registered; downstream tasks skip)"
+    log.info("gate %s: %s", verdict, decision["reason"])
+    if decision.get("report_path"):
+        log.info("gate report: %s", decision["report_path"])
+    decision["mlflow_run_url"] = tracking.record_step(
+        "gate", {"policy": config.policy, **config.thresholds()},
+        {"passed": float(decision["passed"]), "rules_failed": float(len(decision["failed_rules"]))},
+        [decision["decision_path"], decision.get("report_path", "")])
+    if not decision["passed"]:
+        raise Rejected(decision["reason"], decision)
+    return decision
+
+
+def judge(config: GateConfig) -> dict:
+    """The decision on ``config.metrics`` under the policy, written to decision.json; never raises
+    for a rejection (``passed`` says), only when the metrics cannot be judged."""
     try:
         metrics = data.read_json(config.metrics)
     except FileNotFoundError as exc:
@@ -237,8 +258,6 @@ def run(config: GateConfig) -> dict:
         decision["report_path"] = f"{out}/report.html"
         _write_report(decision["report_path"], metrics, decision)
     data.write_json(decision["decision_path"], decision)
-    if not decision["passed"]:
-        raise StepFailed(decision["reason"], decision)
     return decision
 
 
@@ -251,6 +270,6 @@ def _write_report(path: str, metrics: dict[str, Any], decision: dict[str, Any]) 
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return Command(GateConfig, run, "decide whether a candidate may be registered, from its metrics")

@@ -8,24 +8,26 @@ previous snapshot is the data set of the most recent FINISHED ``eda`` run of the
 another DAG run: a retry of this run's own ``eda`` is not a previous snapshot.
 
 The comparison is informative, not a gate: ``previous_eda_report`` never raises. When it finds
-nothing (the first run) or cannot read what it finds, it prints one line saying why and returns
+nothing (the first run) or cannot read what it finds, it logs one line saying why and returns
 ``""``, and the step goes on without a comparison.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from typing import Any
 
-from llmops_tasks import data, settings, tracking
-from llmops_tasks.settings import RunContext
+from llmops_tasks.core import data, settings, tracking
+from llmops_tasks.core.settings import RunContext
 
 EDA_STEP = "eda"
 EDA_ARTIFACT = "reports/eda.json"
 # The param an eda step run records its report's path or URI under (the fallback source).
 EDA_REPORT_PARAM = "report_json"
 PREVIOUS_EDA_FILE = "previous_eda.json"
+log = logging.getLogger(__name__)
 
 
 def previous_eda_run(ctx: RunContext, mlflow_client=None):
@@ -54,30 +56,30 @@ def previous_eda_report(dest_dir: str, ctx: RunContext | None = None, mlflow_cli
     """
     ctx = ctx or RunContext.from_env()
     if not ctx.dag_id:
-        print("no comparison with a previous snapshot: not running in a DAG run (no LLMOPS_DAG_ID)")
+        log.info("no comparison with a previous snapshot: not running in a DAG run (no LLMOPS_DAG_ID)")
         return ""
     try:
         run = previous_eda_run(ctx, mlflow_client)
-    except Exception as exc:  # an unreachable or broken store must not stop the step
-        print(f"no comparison with a previous snapshot: searching MLflow failed ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 (an unreachable or broken store must not stop the step)
+        log.info(f"no comparison with a previous snapshot: searching MLflow failed ({type(exc).__name__}: {exc})")
         return ""
     if run is None:
-        print(f"no comparison with a previous snapshot: no finished {EDA_STEP} run of DAG {ctx.dag_id!r} "
+        log.info(f"no comparison with a previous snapshot: no finished {EDA_STEP} run of DAG {ctx.dag_id!r} "
               "from an earlier DAG run (first run)")
         return ""
     label = f"{EDA_STEP} run {run.info.run_id} of DAG run {run.data.tags.get(tracking.TAG_RUN_ID, '?')}"
     report, failures = _read_report(run, mlflow_client)
     if report is None:
-        print(f"no comparison with a previous snapshot: the report of {label} cannot be read "
+        log.info(f"no comparison with a previous snapshot: the report of {label} cannot be read "
               f"({'; '.join(failures)})")
         return ""
     path = f"{dest_dir.rstrip('/')}/{PREVIOUS_EDA_FILE}"
     try:
         data.write_json(path, report)
-    except Exception as exc:  # any fsspec backend's error: still no reason to stop the step
-        print(f"no comparison with a previous snapshot: cannot write {path} ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 (any fsspec backend's error: still no reason to stop the step)
+        log.info(f"no comparison with a previous snapshot: cannot write {path} ({type(exc).__name__}: {exc})")
         return ""
-    print(f"comparing with the previous snapshot: {label} (data set {report.get('dataset')}), copied to {path}")
+    log.info(f"comparing with the previous snapshot: {label} (data set {report.get('dataset')}), copied to {path}")
     return path
 
 
@@ -93,7 +95,7 @@ def _read_report(run, mlflow_client) -> tuple[dict[str, Any] | None, list[str]]:
         if isinstance(report, dict):
             return report, failures
         failures.append(f"artifact {EDA_ARTIFACT}: not a JSON object")
-    except Exception as exc:  # missing artifact, store or network errors, bad JSON: try the param
+    except Exception as exc:  # noqa: BLE001 (missing artifact, store or network errors, bad JSON: try the param)
         failures.append(f"artifact {EDA_ARTIFACT}: {type(exc).__name__}: {exc}")
     uri = run.data.params.get(EDA_REPORT_PARAM, "")
     if not uri:
@@ -101,7 +103,7 @@ def _read_report(run, mlflow_client) -> tuple[dict[str, Any] | None, list[str]]:
         return None, failures
     try:
         report = data.read_json(uri)
-    except Exception as exc:  # gone (retention), unreachable, or not JSON: reported by the caller
+    except Exception as exc:  # noqa: BLE001 (gone (retention), unreachable, or not JSON: reported by the caller)
         failures.append(f"{uri}: {type(exc).__name__}: {exc}")
         return None, failures
     if isinstance(report, dict):

@@ -1,6 +1,7 @@
 """``llmops split``: derive the train and eval files from one preference data set.
 
-Rows are assigned by a hash of their normalized prompt, so the split is stable across runs and
+Rows are assigned by a hash of their prompt's :func:`~llmops_tasks.text.records.prompt_key` (the
+normalized form validate's contamination check compares too), so the split is stable across runs and
 snapshots (a prompt never moves between train and eval when new rows arrive) and the eval set
 shares no prompt with training. From the preference rows it writes:
 
@@ -14,10 +15,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from llmops_tasks import data
-from llmops_tasks.config import field, require
-from llmops_tasks.errors import StepFailed
-from llmops_tasks.settings import RunContext
+from llmops_tasks.core import data, tracking
+from llmops_tasks.core.config import field, require
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.core.settings import RunContext
+from llmops_tasks.text.records import answer_text, prompt_key
 
 
 @dataclass
@@ -33,23 +35,28 @@ class SplitConfig:
         self.out_dir = self.out_dir or RunContext.from_env().step_dir("split")
 
 
-def _text(value) -> str:
-    """Plain text of a field: a string, or the last message of a conversational list."""
-    if isinstance(value, list):
-        return str(value[-1].get("content", "")) if value else ""
-    return str(value)
-
-
-def normalize(text: str) -> str:
-    return " ".join(_text(text).lower().split())
-
-
 def in_eval(prompt, fraction: float, salt: str) -> bool:
-    digest = hashlib.sha256(f"{salt}\0{normalize(prompt)}".encode()).digest()
+    digest = hashlib.sha256(f"{salt}\0{prompt_key(prompt)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def run(config: SplitConfig) -> dict:
+    """The whole step: write the three files and record the step's MLflow run (sizes, outputs)."""
+    try:
+        result, failure = split(config), None
+    except StepFailed as exc:
+        result, failure = exc.result, exc
+    result["mlflow_run_url"] = tracking.record_step(
+        "split", {"dataset": config.dataset, "eval_fraction": config.eval_fraction, "salt": config.salt,
+                  "out_dir": config.out_dir, "ok": failure is None},
+        {k: result[k] for k in ("train_rows", "eval_rows") if k in result}, [])
+    if failure is not None:
+        raise failure
+    return result
+
+
+def split(config: SplitConfig) -> dict:
+    """Assign every row by its prompt; write train_preference / train_sft / eval JSONL under out_dir."""
     try:
         rows = data.read_records(config.dataset)
     except data.DataError as exc:
@@ -88,13 +95,13 @@ def run(config: SplitConfig) -> dict:
     )
     data.write_jsonl(
         paths["eval"],
-        ({"prompt": r["prompt"], "reference": _text(r["chosen"]), "chosen": r["chosen"], "rejected": r["rejected"],
+        ({"prompt": r["prompt"], "reference": answer_text(r["chosen"]), "chosen": r["chosen"], "rejected": r["rejected"],
           **{k: r[k] for k in keep if k in r}} for r in held_out),
     )
     return {**paths, "train_rows": len(train), "eval_rows": len(held_out), "eval_hash": data.content_hash(paths["eval"])}
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return Command(SplitConfig, run, "split a preference data set into train / eval files, by prompt")

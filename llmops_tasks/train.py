@@ -1,6 +1,6 @@
 """``llmops train <method>``: fine-tune a causal LM with TRL.
 
-Methods (all from the same config; settings a method does not use are ignored and say so):
+Methods:
 
 - ``sft``: supervised fine-tuning on prompt/completion rows (SFTTrainer);
 - ``dpo``: direct preference optimization on prompt/chosen/rejected (DPOTrainer), with the loss
@@ -13,39 +13,72 @@ Methods (all from the same config; settings a method does not use are ignored an
   rejected -> undesirable;
 - ``orpo``: odds-ratio preference optimization, no reference model (trl.experimental).
 
+A recipe has three parts. Top-level keys are the pipeline's (what to train, on what, where to, on
+how many GPUs, what reaches MLflow). ``trainer:`` is passed to the method's own TRL config class
+(``SFTConfig``, ``DPOConfig``, ...): any of its fields can be set there, over a small house base
+layer (:data:`HOUSE_TRAINER`) that a recipe's value always wins over. ``model:`` is
+``trl.ModelConfig`` (dtype, attention, LoRA, bitsandbytes quantization), turned into the PEFT and
+quantization configs by TRL's own ``get_peft_config`` / ``get_quantization_config``. Keys and
+value types of both sections are checked against those classes when the recipe is loaded; TRL's
+own checks run when the trainer's config is built, before any data or model is read.
+
 The base model is loaded with ``from_pretrained``: a local folder in the embedded mode, a hub id or
-a mirrored volume in production. LoRA is a switch of the same recipe; QLoRA (``load_in_4bit``)
-adds 4-bit loading through bitsandbytes and needs a CUDA GPU.
+a mirrored volume in production. LoRA is ``model.use_peft``; QLoRA (``model.load_in_4bit``) adds
+4-bit loading through bitsandbytes and needs a CUDA GPU.
 
 With ``num_processes > 1`` the command runs itself again under ``accelerate launch`` (one process
 per GPU of the pod); inside the launched processes only rank 0 talks to MLflow and writes results.
 
-Checkpoints go to ``{output_dir}/checkpoints`` every ``save_steps``; a rerun of the same task
-resumes from the last complete checkpoint by itself (optimizer, scheduler and RNG state
+Checkpoints go to ``{output_dir}/checkpoints`` every ``trainer.save_steps``; a rerun of the same
+task resumes from the last complete checkpoint by itself (optimizer, scheduler and RNG state
 included). A finished training is not repeated: when ``{output_dir}/result.json`` was written by a
 run with the same resolved config, that result is returned as is.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import enum
+import functools
+import importlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
-from llmops_tasks import data
-from llmops_tasks.config import ConfigError, config_hash, field, require, to_dict
-from llmops_tasks.errors import StepFailed
-from llmops_tasks.settings import RunContext
+import yaml
+
+from llmops_tasks.core import data
+from llmops_tasks.core.config import ConfigError, coerce, config_hash, field, require, to_dict
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.core.settings import RunContext
+from llmops_tasks.serving import flavor
+
+log = logging.getLogger(__name__)
 
 METHODS = ("sft", "dpo", "reward", "grpo", "rloo", "kto", "orpo")
 RL_METHODS = ("grpo", "rloo")
 # what each method reads from train_data (RL reads prompts; chosen/rejected too when it trains its reward model)
 DATA_KIND = {"sft": "sft", "dpo": "preference", "reward": "preference", "grpo": "preference",
              "rloo": "preference", "kto": "preference", "orpo": "preference"}
+# method -> where its TRL config and trainer classes live (imported when first needed: trl pulls in torch)
+TRL_CLASSES = {
+    "sft": ("trl", "SFTConfig", "SFTTrainer"),
+    "dpo": ("trl", "DPOConfig", "DPOTrainer"),
+    "reward": ("trl", "RewardConfig", "RewardTrainer"),
+    "grpo": ("trl", "GRPOConfig", "GRPOTrainer"),
+    "rloo": ("trl", "RLOOConfig", "RLOOTrainer"),
+    "kto": ("trl", "KTOConfig", "KTOTrainer"),
+    "orpo": ("trl.experimental.orpo", "ORPOConfig", "ORPOTrainer"),
+}
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 HELP = {
@@ -57,68 +90,430 @@ HELP = {
     "kto": "unpaired preference optimization: chosen rows desirable, rejected undesirable (TRL KTOTrainer)",
     "orpo": "odds-ratio preference optimization without a reference model (trl.experimental ORPOTrainer)",
 }
+# A few fields of each method's TRL config, named in its --help as examples (any field can be set).
+TRAINER_EXAMPLES = {
+    "sft": "packing, completion_only_loss, assistant_only_loss",
+    "dpo": "beta, loss_type, loss_weights, label_smoothing",
+    "reward": "center_rewards_coefficient, disable_dropout",
+    "grpo": "beta, num_generations, num_iterations, temperature, epsilon",
+    "rloo": "beta, num_generations, num_iterations, temperature",
+    "kto": "beta, desirable_weight, undesirable_weight",
+    "orpo": "beta, max_completion_length",
+}
+
+# --- the house base layer --------------------------------------------------------------------
+# Under a recipe's ``trainer:`` section: the project's choices where they differ from TRL's
+# defaults (short runs that checkpoint often, so a retried pod loses little; metrics reach MLflow
+# through the step's own callback). A value the recipe or the command line sets always wins; a key
+# the method's config class does not have is left out.
+HOUSE_TRAINER: dict[str, Any] = {
+    "max_steps": 60,                   # TRL: -1, i.e. num_train_epochs (not applied when the recipe sets those)
+    "learning_rate": 5e-4,             # TRL: 2e-5 (sft), 1e-6 (dpo, kto, orpo, grpo, rloo), 1e-4 (reward)
+    "lr_scheduler_type": "cosine",     # TRL: linear
+    "max_length": 128,                 # TRL: 1024 (grpo and rloo have no max_length)
+    "save_steps": 20,                  # TRL: 500
+    "save_total_limit": 2,             # TRL: keep every checkpoint
+    "logging_steps": 5,                # TRL: 10
+    "activation_checkpointing": False,  # TRL: on (not applied when the recipe sets gradient_checkpointing)
+    "bf16": False,                     # TRL: on unless fp16; transformers refuses it on a CPU
+    "disable_tqdm": True,              # log lines rather than progress bars, for a task log
+}
+HOUSE_TRAINER_BY_METHOD: dict[str, dict[str, Any]] = {
+    "sft": {"completion_only_loss": True},  # TRL: decided by the data
+    "grpo": {"beta": 0.1, "num_generations": 4, "max_completion_length": 32},  # TRL: 0.0, 8, 512
+    "rloo": {"beta": 0.1, "num_generations": 4, "max_completion_length": 32},  # TRL: 0.05, 2, 512
+}
+# A house value steps aside when the recipe sets one of these instead.
+HOUSE_YIELDS = {"max_steps": ("num_train_epochs",), "activation_checkpointing": ("gradient_checkpointing",)}
+# ``data_seed`` follows the effective ``seed`` unless the recipe sets it (same data order on a resume).
+
+# Under a recipe's ``model:`` section (trl.ModelConfig).
+HOUSE_MODEL: dict[str, Any] = {
+    "dtype": "auto",                   # TRL: float32; "auto" keeps the checkpoint's dtype (transformers' default)
+    "lora_r": 8,                       # TRL: 16
+    "lora_alpha": 16,                  # TRL: 32
+    "lora_target_modules": "all-linear",  # TRL: peft's per-architecture list
+    "use_bnb_nested_quant": True,      # TRL: off (QLoRA's double quantization)
+}
+
+# Fields of TRL's classes that the step decides, with what to set instead.
+PIPELINE_OWNED = {
+    "trainer": {
+        "output_dir": "the top-level output_dir decides where the step writes; checkpoints go to "
+                      "{output_dir}/checkpoints",
+        "resume_from_checkpoint": "the step resumes from the last complete checkpoint in {output_dir}/checkpoints "
+                                  "by itself",
+    },
+    "model": {"model_name_or_path": "set the top-level base_model"},
+}
+# settings checked here because TRL would only fail on them deep inside training, or not at all
+POSITIVE = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "save_steps", "logging_steps",
+            "num_generations", "max_completion_length", "learning_rate", "temperature")
+
+
+def trl_config_class(method: str) -> type:
+    """The TRL config class of ``method`` (``trl.DPOConfig``, ...)."""
+    return _trl_class(method, 1)
+
+
+def trl_trainer_class(method: str) -> type:
+    """Looked up at call time, so a caller that swaps ``trl.SFTTrainer`` for a subclass gets its own."""
+    return _trl_class(method, 2)
+
+
+def _trl_class(method: str, which: int) -> type:
+    import warnings
+
+    module_name = TRL_CLASSES[method][0]
+    with warnings.catch_warnings():  # trl.experimental announces itself on import
+        warnings.simplefilter("ignore")
+        module = importlib.import_module(module_name)
+    return getattr(module, TRL_CLASSES[method][which])
+
+
+def _qualified(cls: type) -> str:
+    """The name a user imports the class by: ``trl.DPOConfig``, ``trl.experimental.orpo.ORPOConfig``."""
+    for module_name in ("trl", *(c[0] for c in TRL_CLASSES.values())):
+        if getattr(sys.modules.get(module_name), cls.__name__, None) is cls:
+            return f"{module_name}.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+# --- sections: a mapping checked against a TRL dataclass --------------------------------------
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Each field's annotation, resolved; a field whose annotation cannot be resolved takes any value."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 (a forward reference TRL never resolves itself)
+        return {f.name: Any if isinstance(f.type, str) else f.type for f in dataclasses.fields(cls)}
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("null", "~"))
+
+
+def _as_field_type(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` (from YAML, or text from ``--set``) as the field's annotated type.
+
+    Numbers, booleans, text, lists, mappings, Literals and enums are converted or refused with what
+    was expected; anything more complex passes as it is, for TRL's own ``__post_init__`` to check.
+    Enums stay their text value, so the config stays plain YAML.
+    """
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and _is_null(value):
+            return None
+        options = [a for a in args if a is not type(None)]
+        if str in options and any(isinstance(a, type) and issubclass(a, enum.Enum) for a in options):
+            options.remove(str)  # `SchedulerType | str`: the text must name a member
+        plain_text = isinstance(value, str) and not ("," in value or value.lstrip().startswith("["))
+
+        def rank(option: Any) -> int:  # typed options first, free text last; plain text is no list
+            if option is str:
+                return 2
+            return (3 if plain_text else 1) if typing.get_origin(option) in (list, tuple) else 0
+
+        options.sort(key=rank)
+        errors = []
+        for option in options:
+            try:
+                return _as_field_type(value, option, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{where}: unexpected value {value!r}")
+    if origin is typing.Literal:
+        for option in args:
+            candidate = value
+            if isinstance(option, bool) and isinstance(value, str):
+                candidate = {"true": True, "false": False}.get(value.lower(), value)
+            if candidate == option and type(candidate) is type(option):
+                return option
+        raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        raw = value.value if isinstance(value, enum.Enum) else value
+        members = [m.value for m in annotation]
+        if isinstance(raw, bool) and ("no" if raw is False else "yes") in members:
+            raw = "no" if raw is False else "yes"  # YAML 1.1 reads an unquoted `no` as false
+        if raw not in members:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, members))}, got {value!r}")
+        return raw
+    if annotation is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # an int is a float to TRL: 20 stays 20, whether it came from YAML or from --set
+            return int(value)
+        except ValueError:
+            pass
+    if annotation in (int, float, bool, str) or origin in (list, tuple):
+        converted = coerce(value, annotation, where)  # a tuple stays a list: the config stays plain YAML
+        if origin is list and args and args[0] is not Any:
+            converted = [_as_field_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(converted)]
+        return converted
+    if annotation is dict or origin is dict:
+        parsed = _yaml_value(value) if isinstance(value, str) else value
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return parsed
+    return value
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _checked_section(values: dict[str, Any], cls: type, section: str, method: str) -> dict[str, Any]:
+    """A recipe section with known keys only, each value of its field's type."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    owned = PIPELINE_OWNED.get(section, {})
+    for key in values:
+        if key in owned:
+            raise ConfigError(f"train {method}: {section}.{key} is the pipeline's: {owned[key]}")
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(_unknown_message(unknown, sorted(set(fields) - set(owned)), cls, section, method))
+    hints = _field_types(cls)
+    checked = {}
+    for key, value in values.items():
+        where = f"train {method}: {section}.{key}"
+        checked[key] = converted = _as_field_type(value, hints.get(key, Any), where)
+        choices = fields[key].metadata.get("choices")
+        if choices and converted is not None and converted not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+    return checked
+
+
+def _unknown_message(unknown: list[str], known: list[str], cls: type, section: str, method: str) -> str:
+    name = _qualified(cls)
+    close = {key: difflib.get_close_matches(key, known, n=3, cutoff=0.7) for key in unknown}
+    head = f"train {method}: unknown {section} setting(s) {', '.join(unknown)} for {name}"
+    if all(close.values()):
+        hints = "; ".join(f"{key}: did you mean {' or '.join(close[key])}?" for key in unknown)
+        return f"{head}; {hints} ({len(known)} settings in all; help({name}) describes them)"
+    return f"{head}; known settings are: {', '.join(known)}"
+
+
+# --- the config ------------------------------------------------------------------------------
 
 
 @dataclass
 class TrainConfig:
+    """Settings of ``llmops train``; :func:`config_class` gives each method's, which checks ``trainer:``."""
+
+    # the method this config is for: set by config_class(method); "" = checked when train() is given one
+    method: ClassVar[str] = ""
+    # Top-level keys of recipes written before the trainer:/model: sections, and where they went
+    # (core.config.build names the new place instead of only listing the known settings).
+    MOVED: ClassVar[dict[str, str]] = {
+        **{key: f"trainer.{key}" for key in (
+            "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "max_length", "seed", "save_steps", "save_total_limit", "logging_steps",
+            "bf16", "beta", "loss_type", "loss_weights", "completion_only_loss", "num_generations",
+            "max_completion_length", "temperature")},
+        "gradient_checkpointing": "trainer.gradient_checkpointing",
+        "lora": "model.use_peft", "lora_r": "model.lora_r", "lora_alpha": "model.lora_alpha",
+        "lora_dropout": "model.lora_dropout", "lora_target_modules": "model.lora_target_modules",
+        "load_in_4bit": "model.load_in_4bit",
+    }
+
     base_model: str = field("", help="base model: a local folder or a hub id (from_pretrained)")
     train_data: str = field("", help="training data: prompt/completion rows for sft, prompt/chosen/rejected for the others")
     output_dir: str = field("", help="where checkpoints and the final model go (default: the run's train/ folder)")
-    max_steps: int = field(60, help="optimizer steps to train for")
-    learning_rate: float = field(5e-4, help="peak learning rate")
-    lr_scheduler_type: str = field("cosine", help="transformers scheduler name")
-    warmup_steps: int = field(0, help="linear warm-up steps")
-    per_device_train_batch_size: int = field(8, help="examples per device per step")
-    gradient_accumulation_steps: int = field(1, help="steps to accumulate before an optimizer update")
-    max_length: int = field(128, help="longest tokenized example; longer ones are truncated")
-    seed: int = field(42, help="random seed for data order and initialization")
-    save_steps: int = field(20, help="write a checkpoint every N steps")
-    save_total_limit: int = field(2, help="checkpoints kept on disk")
-    logging_steps: int = field(5, help="log training metrics every N steps")
-    gradient_checkpointing: bool = field(False, help="trade compute for memory on large models")
-    bf16: bool = field(False, help="train in bfloat16 (GPUs that support it)")
     num_processes: int = field(1, help="training processes, one per GPU; above 1 the step runs under accelerate launch")
-    lora: bool = field(False, help="train a LoRA adapter instead of all weights")
-    lora_r: int = field(8, help="LoRA rank")
-    lora_alpha: int = field(16, help="LoRA scaling")
-    lora_dropout: float = field(0.05, help="LoRA dropout")
-    lora_target_modules: str = field("all-linear", help="modules LoRA wraps (peft syntax)")
-    load_in_4bit: bool = field(False, help="QLoRA: load the base model in 4 bit (bitsandbytes, CUDA only); needs lora")
-    beta: float = field(0.1, help="dpo, kto, orpo, grpo, rloo: strength of the penalty (KL towards the reference, or the odds-ratio weight)")
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"],
-                                 help=f"dpo: TRL loss variant(s), combined when several: {', '.join(DPO_LOSS_TYPES)}")
-    loss_weights: list[float] = field(default_factory=list, help="dpo: weight of each loss_type (empty: 1.0 each)")
-    completion_only_loss: bool = field(True, help="sft: compute the loss on the completion only")
+    # the sections are mappings here; each method's config_class gives them their help and checks them
+    trainer: dict[str, Any] = field(
+        default_factory=dict, help="settings of the method's TRL config class")
+    model: dict[str, Any] = field(
+        default_factory=dict, help="model loading, LoRA and quantization (trl.ModelConfig)")
     reward_model: str = field("", help="grpo, rloo: a trained reward model (folder or hub id); empty: train one first from train_data")
-    reward_max_steps: int = field(0, help="grpo, rloo: steps for the reward model trained first (0: max_steps)")
-    num_generations: int = field(4, help="grpo, rloo: completions sampled per prompt")
-    max_completion_length: int = field(32, help="grpo, rloo: longest sampled completion, in tokens")
-    temperature: float = field(1.0, help="grpo, rloo: sampling temperature")
+    reward_max_steps: int = field(0, help="grpo, rloo: steps for the reward model trained first (0: trainer.max_steps)")
+    reward_trainer: dict[str, Any] = field(
+        default_factory=dict,
+        help="grpo, rloo: trl.RewardConfig settings of the reward model trained first; the trainer settings "
+             "RewardConfig also has carry over from trainer, these win")
     system_metrics_interval: float = field(10.0, help="seconds between CPU/GPU/memory samples logged to MLflow (0: off)")
     log_model: bool = field(True, help="log the final model (adapter + base reference, or full weights) on the MLflow run")
 
     def __post_init__(self) -> None:
+        for section in ("trainer", "model", "reward_trainer"):
+            value = getattr(self, section)
+            require(isinstance(value, dict), f"train: {section} must be a mapping of settings, got {value!r}")
+        if self.method:  # what was written wrong first, then what is missing
+            self._check_sections(self.method)
         require(bool(self.base_model), "train: base_model is required (a local folder or a hub id)")
         require(bool(self.train_data), "train: train_data is required (a JSONL or Parquet URI)")
-        for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
-                     "save_steps", "logging_steps", "num_processes", "num_generations", "max_completion_length"):
-            require(getattr(self, name) > 0, f"train: {name} must be a positive integer, got {getattr(self, name)}")
+        require(self.num_processes > 0, f"train: num_processes must be a positive integer, got {self.num_processes}")
         require(self.reward_max_steps >= 0, f"train: reward_max_steps must be 0 or more, got {self.reward_max_steps}")
-        require(self.learning_rate > 0, f"train: learning_rate must be positive, got {self.learning_rate}")
-        require(self.lora_r > 0, f"train: lora_r must be positive, got {self.lora_r}")
-        require(0 <= self.lora_dropout < 1, f"train: lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        require(self.beta >= 0, f"train: beta must be 0 or more, got {self.beta}")
-        require(self.temperature > 0, f"train: temperature must be positive, got {self.temperature}")
         require(self.system_metrics_interval >= 0,
                 f"train: system_metrics_interval must be 0 or more seconds, got {self.system_metrics_interval}")
-        require(bool(self.loss_type), "train: loss_type needs at least one DPO loss variant")
-        unknown = [t for t in self.loss_type if t not in DPO_LOSS_TYPES]
-        require(not unknown, f"train: unknown loss_type {', '.join(unknown)}; TRL offers {', '.join(DPO_LOSS_TYPES)}")
-        require(not self.loss_weights or len(self.loss_weights) == len(self.loss_type),
-                f"train: loss_weights has {len(self.loss_weights)} values for {len(self.loss_type)} loss_type(s)")
-        require(not self.load_in_4bit or self.lora,
-                "train: load_in_4bit (QLoRA) trains an adapter on frozen 4-bit weights; set lora: true as well")
         self.output_dir = self.output_dir or RunContext.from_env().step_dir("train")
+
+    def _check_sections(self, method: str) -> None:
+        from trl import ModelConfig, RewardConfig
+
+        self.trainer = _checked_section(self.trainer, trl_config_class(method), "trainer", method)
+        _check_trainer_values(trainer_settings(self, method), self.trainer, method)
+        self.model = _checked_section(self.model, ModelConfig, "model", method)
+        model_config(self, method)  # ModelConfig's own checks and the house ones
+        if method in RL_METHODS:
+            self.reward_trainer = _checked_section(self.reward_trainer, RewardConfig, "reward_trainer", method)
+            require(not (self.reward_max_steps and "max_steps" in self.reward_trainer),
+                    f"train {method}: reward_max_steps and reward_trainer.max_steps both set the reward model's "
+                    "steps; keep one")
+        else:
+            require(not self.reward_trainer, f"train {method}: reward_trainer sets the reward model grpo and rloo "
+                                             f"train first; {method} trains none, so leave it out")
+
+
+def _check_trainer_values(settings: dict[str, Any], given: dict[str, Any], method: str) -> None:
+    max_steps = settings.get("max_steps", -1)
+    if "num_train_epochs" in given:
+        require(max_steps == -1 or max_steps > 0,
+                f"train {method}: trainer.max_steps must be a positive integer, or -1 to train num_train_epochs, "
+                f"got {max_steps}")
+    else:
+        require(isinstance(max_steps, int) and max_steps > 0,
+                f"train {method}: trainer.max_steps must be a positive integer, got {max_steps} "
+                "(or set trainer.num_train_epochs instead)")
+    for name in POSITIVE:
+        value = settings.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            kind = "integer" if isinstance(value, int) and name not in ("learning_rate", "temperature") else "number"
+            require(value > 0, f"train {method}: trainer.{name} must be a positive {kind}, got {value}")
+    beta = settings.get("beta")
+    require(beta is None or beta >= 0, f"train {method}: trainer.beta must be 0 or more, got {beta}")
+    if method == "dpo":
+        loss_type = settings.get("loss_type", ["sigmoid"])
+        loss_type = [loss_type] if isinstance(loss_type, str) else loss_type
+        require(bool(loss_type), f"train {method}: trainer.loss_type needs at least one DPO loss variant")
+        unknown = [t for t in loss_type if t not in DPO_LOSS_TYPES]
+        require(not unknown, f"train {method}: unknown loss_type {', '.join(unknown)}; "
+                             f"TRL offers {', '.join(DPO_LOSS_TYPES)}")
+        weights = settings.get("loss_weights")
+        require(not weights or len(weights) == len(loss_type),
+                f"train {method}: trainer.loss_weights has {len(weights or [])} values for {len(loss_type)} "
+                "loss_type(s)")
+
+
+def trainer_settings(config: TrainConfig, method: str) -> dict[str, Any]:
+    """What the method's TRL config is built with (but output_dir): the house base layer, then ``trainer:``."""
+    cls = trl_config_class(method)
+    known = {f.name for f in dataclasses.fields(cls)}
+    given = config.trainer
+    settings = {key: value for key, value in _house_trainer(method).items()
+                if key in known and not any(other in given for other in HOUSE_YIELDS.get(key, ()))}
+    settings.update(given)
+    if "data_seed" not in given and "data_seed" in known:
+        default_seed = next(f.default for f in dataclasses.fields(cls) if f.name == "seed")
+        settings["data_seed"] = settings.get("seed", default_seed)
+    return settings
+
+
+def trainer_args(config: TrainConfig, method: str, checkpoints: Path):
+    """The method's TRL config object; its own checks (and the hardware's: bf16 on a CPU) run here."""
+    cls = trl_config_class(method)
+    try:
+        return cls(**trainer_settings(config, method), output_dir=str(checkpoints))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"train {method}: {_qualified(cls)} refused the trainer settings: {exc}") from exc
+
+
+def model_settings(config: TrainConfig, method: str) -> dict[str, Any]:
+    """The house base layer, then ``model:``; a reward model's LoRA wraps a sequence classifier."""
+    return {**_house_model(method), **config.model}
+
+
+def model_config(config: TrainConfig, method: str):
+    """``trl.ModelConfig`` of the recipe, checked; what get_peft_config and get_quantization_config read."""
+    from trl import ModelConfig
+
+    settings = model_settings(config, method)
+    try:
+        model = ModelConfig(**settings)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"train {method}: trl.ModelConfig refused the model settings: {exc}") from exc
+    for key in ("load_in_4bit", "load_in_8bit"):
+        require(not getattr(model, key) or model.use_peft,
+                f"train {method}: model.{key} trains an adapter on frozen quantized weights; set model.use_peft: "
+                "true as well")
+    require(model.lora_r > 0, f"train {method}: model.lora_r must be positive, got {model.lora_r}")
+    require(0 <= model.lora_dropout < 1,
+            f"train {method}: model.lora_dropout must be in [0, 1), got {model.lora_dropout}")
+    require(method != "reward" or model.lora_task_type == "SEQ_CLS",
+            f"train reward: the reward model is a sequence classifier; model.lora_task_type must be SEQ_CLS, "
+            f"got {model.lora_task_type}")
+    return model
+
+
+def _house_trainer(method: str) -> dict[str, Any]:
+    return {**HOUSE_TRAINER, **HOUSE_TRAINER_BY_METHOD.get(method, {})}
+
+
+def _house_model(method: str) -> dict[str, Any]:
+    return {**HOUSE_MODEL, **({"lora_task_type": "SEQ_CLS"} if method == "reward" else {})}
+
+
+def _house_summary(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _method_config(method: str) -> type[TrainConfig]:
+    """``TrainConfig`` for one method, with that method's help for its sections (no trl import: --help stays fast)."""
+    module_name, config_name, _ = TRL_CLASSES[method]
+    house = {k: v for k, v in _house_trainer(method).items() if not (k == "max_length" and method in RL_METHODS)}
+    trainer_help = (
+        f"settings of {module_name}.{config_name}: any of its fields (e.g. learning_rate, weight_decay, "
+        f"warmup_steps, max_grad_norm, {TRAINER_EXAMPLES[method]}); as a recipe's trainer: section, or here "
+        f"KEY=VALUE (repeatable, same as --set trainer.KEY=VALUE). Over the house defaults: {_house_summary(house)}; "
+        "data_seed follows seed"
+    )
+    model_help = (
+        "trl.ModelConfig settings: dtype, attn_implementation, use_peft (LoRA), lora_r, lora_alpha, lora_dropout, "
+        "lora_target_modules, use_dora, load_in_4bit (QLoRA, CUDA only), ...; KEY=VALUE (repeatable, same as "
+        f"--set model.KEY=VALUE). Over the house defaults: {_house_summary(_house_model(method))}"
+    )
+    return dataclasses.make_dataclass(
+        f"{config_name.removesuffix('Config')}TrainConfig",
+        [("trainer", dict[str, Any], field(default_factory=dict, help=trainer_help)),
+         ("model", dict[str, Any], field(default_factory=dict, help=model_help))],
+        bases=(TrainConfig,),
+        namespace={"method": method, "__doc__": f"Settings of ``llmops train {method}``.",
+                   "__module__": __name__},
+    )
+
+
+# One config class per method (module-level, so that a config pickles to the MLflow logging process).
+SFTTrainConfig = _method_config("sft")
+DPOTrainConfig = _method_config("dpo")
+RewardTrainConfig = _method_config("reward")
+GRPOTrainConfig = _method_config("grpo")
+RLOOTrainConfig = _method_config("rloo")
+KTOTrainConfig = _method_config("kto")
+ORPOTrainConfig = _method_config("orpo")
+METHOD_CONFIGS: dict[str, type[TrainConfig]] = {
+    "sft": SFTTrainConfig, "dpo": DPOTrainConfig, "reward": RewardTrainConfig, "grpo": GRPOTrainConfig,
+    "rloo": RLOOTrainConfig, "kto": KTOTrainConfig, "orpo": ORPOTrainConfig,
+}
+
+
+def config_class(method: str) -> type[TrainConfig]:
+    """``TrainConfig`` for one method: what ``llmops train <method>`` loads; it checks ``trainer:`` against
+    that method's TRL config class when the recipe is loaded."""
+    require(method in METHODS, f"train: method must be one of {METHODS}, got {method!r}")
+    return METHOD_CONFIGS[method]
+
+
+def for_method(config: TrainConfig, method: str) -> TrainConfig:
+    """``config`` as ``method``'s config, checked as such (a plain TrainConfig, or another method's)."""
+    if type(config) is config_class(method):
+        return config
+    return config_class(method)(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init})
+
+
+# --- running ---------------------------------------------------------------------------------
 
 
 def _load_rows(config: TrainConfig, method: str) -> list[dict]:
@@ -159,9 +554,9 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
         return None
     candidates = []
     for path in checkpoint_dir.iterdir():
-        if path.name.startswith("checkpoint-") and path.name.removeprefix("checkpoint-").isdigit():
-            if (path / "trainer_state.json").is_file():
-                candidates.append((int(path.name.removeprefix("checkpoint-")), path))
+        step = path.name.removeprefix("checkpoint-")
+        if path.name.startswith("checkpoint-") and step.isdigit() and (path / "trainer_state.json").is_file():
+            candidates.append((int(step), path))
     return str(max(candidates)[1]) if candidates else None
 
 
@@ -186,7 +581,6 @@ def launch_command(config_file: str | Path, method: str, num_processes: int) -> 
 
 def _launch_distributed(config: TrainConfig, method: str, out: Path) -> dict:
     import torch
-    import yaml
 
     gpus = torch.cuda.device_count()
     if gpus < config.num_processes:
@@ -199,7 +593,7 @@ def _launch_distributed(config: TrainConfig, method: str, out: Path) -> dict:
     config_file.write_text(yaml.safe_dump(to_dict(config), sort_keys=True))
     env = {k: v for k, v in os.environ.items() if k != "LLMOPS_RESULT_FILE"}  # the launcher writes the result
     command = launch_command(config_file, method, config.num_processes)
-    print("train: launching " + " ".join(command), flush=True)
+    log.info("train: launching %s", " ".join(command))
     returncode = subprocess.call(command, env=env)
     result_path = out / "result.json"
     if returncode != 0 or not result_path.is_file():
@@ -238,87 +632,101 @@ def _mlflow_callback(run, every: int = 10):
     return MlflowMetrics()
 
 
-def _prepare_model_logging() -> None:
-    """Done in the logging process while the step trains: importing MLflow's pyfunc flavor and its
-    check of the pinned requirements against the installed packages (a scan of every installed
-    distribution) take seconds that would otherwise come after the last training step."""
-    import mlflow.pyfunc  # noqa: F401
-    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
-
-    from llmops_tasks.registry import _pip_requirements
-
-    warn_dependency_requirement_mismatches(_pip_requirements())
-
-
-def _peft_config(config: TrainConfig, method: str):
-    if not config.lora:
+def _quantization(config: TrainConfig, method: str):
+    """bitsandbytes loading (QLoRA) from the model section, through TRL's helper; refused where it cannot work."""
+    model = model_config(config, method)
+    if not (model.load_in_4bit or model.load_in_8bit):
         return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_target_modules, task_type="SEQ_CLS" if method == "reward" else "CAUSAL_LM",
-    )
-
-
-def _quantization(config: TrainConfig):
-    """bitsandbytes 4-bit loading for QLoRA; refused where it cannot work."""
-    if not config.load_in_4bit:
-        return None
+    key = "load_in_4bit" if model.load_in_4bit else "load_in_8bit"
+    what = f"model.{key}" + (" (QLoRA)" if model.load_in_4bit else "")
     import torch
 
     if not torch.cuda.is_available():
-        raise ConfigError("train: load_in_4bit (QLoRA) needs a CUDA GPU and none is visible; "
-                          "set load_in_4bit: false to train LoRA in full precision")
+        raise ConfigError(f"train: {what} needs a CUDA GPU and none is visible; "
+                          f"set model.{key}: false to train LoRA in full precision")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        raise ConfigError("train: load_in_4bit (QLoRA) needs bitsandbytes: pip install 'llmops-airflow[qlora]'") from exc
-    from transformers import BitsAndBytesConfig
+        raise ConfigError(f"train: {what} needs bitsandbytes: pip install 'llmops-airflow[qlora]'") from exc
+    from trl import get_quantization_config
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16 if config.bf16 else torch.float16)
+    if model.dtype in (None, "auto"):  # bitsandbytes computes in a real dtype: the training precision's
+        compute = "bfloat16" if trainer_settings(config, method).get("bf16") else "float16"
+        model = dataclasses.replace(model, dtype=compute)
+    return get_quantization_config(model)
 
 
-def _reward_model_for(config: TrainConfig, method: str, out: Path) -> tuple[str, dict | None]:
+def _from_pretrained_kwargs(model, args, quantization) -> dict[str, Any]:
+    """How the base model is loaded, from the model section as TRL's own scripts read it, and the
+    trainer's ``model_init_kwargs`` over that (TRL loads a reference model with the same ones)."""
+    kwargs: dict[str, Any] = {"dtype": model.dtype}
+    if model.model_revision != "main":
+        kwargs["revision"] = model.model_revision
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    if getattr(args, "trust_remote_code", False):
+        kwargs["trust_remote_code"] = True
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    kwargs.update(getattr(args, "model_init_kwargs", None) or {})
+    return kwargs
+
+
+def _reward_config(config: TrainConfig, out: Path) -> TrainConfig:
+    """The reward model grpo/rloo train first: the trainer settings RewardConfig shares, reward_max_steps,
+    then ``reward_trainer``; the same model section, its LoRA (if any) on a sequence classifier."""
+    from trl import RewardConfig
+
+    shared = {f.name for f in dataclasses.fields(RewardConfig)}
+    trainer = {k: v for k, v in config.trainer.items() if k in shared}
+    if config.reward_max_steps:
+        trainer["max_steps"] = config.reward_max_steps
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    values.update(
+        output_dir=str(out / "reward"), num_processes=1,  # already inside this step's launch, if any
+        trainer={**trainer, **config.reward_trainer}, reward_trainer={},
+        model={k: v for k, v in config.model.items() if k != "lora_task_type"},
+    )
+    return config_class("reward")(**values)
+
+
+def _reward_model_for(config: TrainConfig, out: Path) -> tuple[str, dict | None]:
     """The reward model RL trains against: the configured one, or one trained now into ``{out}/reward``."""
     if config.reward_model:
         return config.reward_model, None
-    import dataclasses
-
-    reward_config = dataclasses.replace(
-        config, output_dir=str(out / "reward"), max_steps=config.reward_max_steps or config.max_steps,
-        num_processes=1,  # already inside this step's launch, if any
-    )
-    reward = train(reward_config, "reward")
+    reward = train(_reward_config(config, out), "reward")
     return reward["model_dir"], reward
 
 
-def _build_trainer(config: TrainConfig, method: str, rows: list[dict], common: dict, callbacks: list, out: Path,
+def _build_trainer(config: TrainConfig, method: str, rows: list[dict], args, callbacks: list, out: Path,
                    quantization=None):
-    """The TRL trainer of ``method``, its model and tokenizer loaded from ``base_model``."""
+    """The TRL trainer of ``method`` with ``args``, its model and tokenizer loaded from ``base_model``.
+
+    The models are loaded here rather than by TRL from a name: the reward model needs a one-label
+    sequence-classification head and the tokenizer's pad token, and every method loads the same way.
+    """
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import get_peft_config
 
-    torch.manual_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    model_args = model_config(config, method)
+    torch.manual_seed(args.seed)
+    load = _from_pretrained_kwargs(model_args, args, quantization)
+    tokenizer_kwargs = {k: load[k] for k in ("revision", "trust_remote_code") if k in load}
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model, **tokenizer_kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    load = {"quantization_config": quantization} if quantization is not None else {}
-    dataset = Dataset.from_list(rows)
-    peft_config = _peft_config(config, method)
-    shared = {"train_dataset": dataset, "processing_class": tokenizer, "peft_config": peft_config,
-              "callbacks": callbacks}
+    shared = {"args": args, "train_dataset": Dataset.from_list(rows), "processing_class": tokenizer,
+              "peft_config": get_peft_config(model_args), "callbacks": callbacks}
+    trainer_cls = trl_trainer_class(method)
     extra: dict = {}
     if method == "reward":
-        from trl import RewardConfig, RewardTrainer
-
         model = AutoModelForSequenceClassification.from_pretrained(config.base_model, num_labels=1, **load)
         model.config.pad_token_id = tokenizer.pad_token_id
-        return RewardTrainer(model=model, args=RewardConfig(**common), **shared), tokenizer, extra
+        return trainer_cls(model=model, **shared), tokenizer, extra
     if method in RL_METHODS:
-        reward_path, reward_result = _reward_model_for(config, method, out)
+        reward_path, reward_result = _reward_model_for(config, out)
         extra["reward_model"] = reward_path
         if reward_result:
             extra["reward_result"] = {k: reward_result[k] for k in ("model_dir", "global_step", "mlflow_run_id")
@@ -326,74 +734,53 @@ def _build_trainer(config: TrainConfig, method: str, rows: list[dict], common: d
         reward_tokenizer = AutoTokenizer.from_pretrained(reward_path)
         if reward_tokenizer.pad_token is None:
             reward_tokenizer.pad_token = reward_tokenizer.eos_token
-        rl = {k: v for k, v in common.items() if k != "max_length"}
-        rl.update(num_generations=config.num_generations, max_completion_length=config.max_completion_length,
-                  temperature=config.temperature, beta=config.beta)
-        import trl
-
-        RLConfig, RLTrainer = (trl.GRPOConfig, trl.GRPOTrainer) if method == "grpo" else (trl.RLOOConfig, trl.RLOOTrainer)
         model = AutoModelForCausalLM.from_pretrained(config.base_model, **load)
-        trainer = RLTrainer(model=model, reward_funcs=reward_path, reward_processing_classes=reward_tokenizer,
-                            args=RLConfig(**rl), **shared)
+        trainer = trainer_cls(model=model, reward_funcs=reward_path, reward_processing_classes=reward_tokenizer,
+                              **shared)
         return trainer, tokenizer, extra
     model = AutoModelForCausalLM.from_pretrained(config.base_model, **load)
-    if method == "sft":
-        from trl import SFTConfig, SFTTrainer
-
-        args = SFTConfig(completion_only_loss=config.completion_only_loss, **common)
-        return SFTTrainer(model=model, args=args, **shared), tokenizer, extra
-    if method == "dpo":
-        from trl import DPOConfig, DPOTrainer
-
-        args = DPOConfig(beta=config.beta, loss_type=list(config.loss_type), loss_weights=config.loss_weights or None,
-                         **common)
-        return DPOTrainer(model=model, args=args, **shared), tokenizer, extra
-    if method == "kto":
-        from trl import KTOConfig, KTOTrainer
-
-        return KTOTrainer(model=model, args=KTOConfig(beta=config.beta, **common), **shared), tokenizer, extra
-    import warnings
-
-    with warnings.catch_warnings():  # trl.experimental announces itself on import
-        warnings.simplefilter("ignore")
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
-
-    args = ORPOConfig(beta=config.beta, **common)
-    return ORPOTrainer(model=model, args=args, **shared), tokenizer, extra
+    return trainer_cls(model=model, **shared), tokenizer, extra
 
 
 def _log_final_model(run_id: str, method: str, config: TrainConfig, model_dir: Path, adapter_dir: Path | None) -> str:
     """The trained model on the train run: the adapter plus the base model's name, or the full weights.
 
-    Generators are logged as the serving pyfunc (``serving.py``) with pinned pip requirements, so
+    Generators are logged as the serving pyfunc (``serving/model.py``) with pinned pip requirements, so
     the run's model loads with ``mlflow.pyfunc.load_model``; a reward model as its folder.
     """
     import mlflow
 
-    from llmops_tasks import tracking
+    from llmops_tasks.core import tracking
 
     mlflow_client = tracking.client()
     mlflow_client.set_tag(run_id, "llmops.base_model", config.base_model)
     if method == "reward":
         mlflow_client.log_artifacts(run_id, str(model_dir), artifact_path="reward_model")
         return f"runs:/{run_id}/reward_model"
-    from llmops_tasks.registry import _pip_requirements
-
     weights = adapter_dir if adapter_dir is not None else model_dir
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(__file__).with_name("serving.py")),
-            artifacts={"model": str(weights)},
-            pip_requirements=[*_pip_requirements(), *(["peft"] if adapter_dir is not None else [])],
+        info = flavor.log_generator(
+            {"model": str(weights)}, adapter=adapter_dir is not None,
             metadata={"base_model": config.base_model, "method": method,
                       "weights": "lora-adapter" if adapter_dir is not None else "full"},
         )
     return info.model_uri
 
 
+def run_params(config: TrainConfig, method: str) -> dict[str, Any]:
+    """The train run's MLflow parameters: the pipeline's settings, then the effective trainer and model
+    settings under their TRL names (house defaults included), the reward model's under ``reward_trainer.``."""
+    params = {k: v for k, v in to_dict(config).items() if k not in ("trainer", "model", "reward_trainer")}
+    params.update(trainer_settings(config, method))
+    params.update(model_settings(config, method))
+    params.update({f"reward_trainer.{k}": v for k, v in config.reward_trainer.items()})
+    params["method"] = method
+    return params
+
+
 def train(config: TrainConfig, method: str) -> dict:
     require(method in METHODS, f"train: method must be one of {METHODS}, got {method!r}")
+    config = for_method(config, method)
     out = Path(data.local_path(config.output_dir))
     result_path = out / "result.json"
     fingerprint = config_hash(config) + "-" + method
@@ -403,57 +790,41 @@ def train(config: TrainConfig, method: str) -> dict:
             previous["reused"] = True
             return previous
 
+    checkpoints = out / "checkpoints"
+    quantization = _quantization(config, method)  # refused before any data is read or run opened
+    launching = config.num_processes > 1 and not launched()
+    # TRL's own checks, before the data; a launching parent leaves them (and the GPUs) to its processes
+    args = None if launching else trainer_args(config, method, checkpoints)
+    if args is not None:
+        log.info("train %s: %s with %s", method, _qualified(type(args)),
+                 ", ".join(f"{k}={v}" for k, v in trainer_settings(config, method).items()))
     rows = _load_rows(config, method)
-    quantization = _quantization(config)  # refused before any run is opened or model loaded
-    if config.num_processes > 1 and not launched():
+    if launching:
         return _launch_distributed(config, method, out)
     main = is_main_process()
 
     import contextlib
 
-    from llmops_tasks import tracking
+    from llmops_tasks.core import tracking
 
-    checkpoints = out / "checkpoints"
-    common = dict(
-        output_dir=str(checkpoints),
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_length,
-        seed=config.seed,
-        data_seed=config.seed,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name
-        bf16=config.bf16,
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    params = {**to_dict(config), "method": method}
     # MLflow's work (run, system metrics, the final model) is done by a separate process, on another
     # core, while this one imports, loads and trains; only rank 0 has a run.
     run_context = tracking.background_step_run(
-        f"train-{method}", params=params, tags={"method": method},
+        f"train-{method}", params=run_params(config, method), tags={"method": method},
         system_metrics_interval=config.system_metrics_interval,
-        warmups=(_prepare_model_logging,) if config.log_model else (),
+        warmups=(flavor.prepare,) if config.log_model else (),
     ) if main else contextlib.nullcontext(None)
     with run_context as run:
-        trainer, tokenizer, extra = _build_trainer(config, method, rows, common, [_mlflow_callback(run)], out,
+        trainer, tokenizer, extra = _build_trainer(config, method, rows, args, [_mlflow_callback(run)], out,
                                                    quantization)
         resume = last_complete_checkpoint(checkpoints)
         if resume:
-            print(f"train {method}: resuming from {resume}", flush=True)
+            log.info("train %s: resuming from %s", method, resume)
         if run is not None:
-            print(f"train {method}: MLflow run {run.run_id}", flush=True)  # fails here, before training, without one
+            log.info("train %s: MLflow run %s", method, run.run_id)  # fails here, before training, without one
         outcome = trainer.train(resume_from_checkpoint=resume)
         model_dir = out / "model"
-        adapter_dir = out / "adapter" if config.lora else None
+        adapter_dir = out / "adapter" if model_config(config, method).use_peft else None
         if main:
             trainer.save_metrics("train", outcome.metrics)
             final = trainer.model
@@ -497,9 +868,9 @@ def train(config: TrainConfig, method: str) -> dict:
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     def runner(method: str):
         return lambda config: train(config, method)
 
-    return {method: Command(TrainConfig, runner(method), HELP[method]) for method in METHODS}
+    return {method: Command(config_class(method), runner(method), HELP[method]) for method in METHODS}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import data
+from llmops_tasks.core import data
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +102,27 @@ def test_reports_are_served_sandboxed_and_only_from_run_folders(client, token):
     assert client.get("/reports/../secret.txt", headers=headers).status_code == 404
     assert client.get("/reports/%2e%2e/secret.txt", headers=headers).status_code == 404
     assert client.get("/reports/manual__2026-01-01T00_00_00_00_00/nope.html", headers=headers).status_code == 404
+
+
+def test_api_server_mounts_the_page_the_plugin_builds_on_demand():
+    """What Airflow's API server does with plugins: ``init_plugins`` mounts each ``fastapi_apps``
+    entry, the UI lists ``external_views``, ``/api/v2/plugins`` dumps them. The plugin builds these
+    from the approvals app when first read (no other component reads them, so no other imports
+    FastAPI: tests/test_dag_integrity.py); the app they give is the page."""
+    from airflow import plugins_manager
+    from airflow.api_fastapi.app import init_plugins
+    from fastapi import FastAPI
+    from starlette.routing import Mount
+
+    from llmops_airflow import approvals_app
+
+    api = FastAPI()
+    init_plugins(api)
+    mounts = {route.path: route.app for route in api.routes if isinstance(route, Mount)}
+    assert mounts[approvals_app.URL_PREFIX] is approvals_app.app
+    external_views, _ = plugins_manager._get_ui_plugins()
+    assert {"url_route": "llmops-approvals", "href": approvals_app.URL_PREFIX + "/", "destination": "nav",
+            "category": "browse", "name": "LLMOps approvals"} in external_views
+    (info,) = [p for p in plugins_manager.get_plugin_info() if p["name"] == "llmops"]
+    assert info["fastapi_apps"] == [{"app": "fastapi.applications.FastAPI", "url_prefix": approvals_app.URL_PREFIX,
+                                     "name": "LLMOps approvals"}]

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 import llmops_tasks
-from llmops_tasks import cli, config, samples
-from llmops_tasks.config import ConfigError, field
+from llmops_tasks import cli, train
+from llmops_tasks.core import config
+from llmops_tasks.core.config import ConfigError, field
+from llmops_tasks.local import samples
 from llmops_tasks.split import SplitConfig
 from llmops_tasks.train import TrainConfig
 
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.unit
 
 HEAVY_MODULES = ("torch", "transformers", "trl", "great_expectations", "mlflow", "evaluate", "pandas")
 REQUIRED = {"base_model": "base", "train_data": "train.jsonl"}
+SFT = train.config_class("sft")  # what `llmops train sft` loads: its trainer: section is trl.SFTConfig's
 
 
 @pytest.fixture(autouse=True)
@@ -50,36 +53,42 @@ def parse(argv: list[str]):
 
 
 def test_defaults_apply_when_nothing_is_given():
-    loaded = config.load(TrainConfig, None, [f"{k}={v}" for k, v in REQUIRED.items()])
-    defaults = {name: default for name, _, default in config.describe(TrainConfig)}
-    assert loaded.max_steps == defaults["max_steps"] == 60
-    assert loaded.learning_rate == defaults["learning_rate"]
-    assert loaded.lora is False
+    loaded = config.load(SFT, None, [f"{k}={v}" for k, v in REQUIRED.items()])
+    defaults = {name: default for name, _, default in config.describe(SFT)}
+    assert loaded.trainer == defaults["trainer"] == {} and loaded.model == defaults["model"] == {}
+    effective = train.trainer_settings(loaded, "sft")  # the house layer, since the recipe sets nothing
+    assert effective["max_steps"] == train.HOUSE_TRAINER["max_steps"] == 60
+    assert effective["learning_rate"] == train.HOUSE_TRAINER["learning_rate"]
+    assert train.model_config(loaded, "sft").use_peft is False
 
 
 def test_yaml_overrides_defaults_and_set_overrides_yaml(tmp_path):
     path = recipe(tmp_path, """
         base_model: base
         train_data: train.jsonl
-        max_steps: 7
-        learning_rate: 1.0e-2
-        seed: 3
+        trainer:
+          max_steps: 7
+          learning_rate: 1.0e-2
+          seed: 3
     """)
-    loaded = config.load(TrainConfig, path, ["max_steps=9", "lora=true"])
-    assert (loaded.max_steps, loaded.learning_rate, loaded.seed, loaded.lora) == (9, 0.01, 3, True)
-    assert loaded.warmup_steps == 0  # untouched default
+    loaded = config.load(SFT, path, ["trainer.max_steps=9", "model.use_peft=true"])
+    assert (loaded.trainer["max_steps"], loaded.trainer["learning_rate"], loaded.trainer["seed"],
+            loaded.model["use_peft"]) == (9, 0.01, 3, True)
+    assert "warmup_steps" not in train.trainer_settings(loaded, "sft")  # untouched: TRL's own default
 
 
 def test_cli_flags_and_set_override_the_recipe(tmp_path):
     path = recipe(tmp_path, """
         base_model: base
         train_data: train.jsonl
-        max_steps: 7
-        learning_rate: 1.0e-2
-        beta: 0.5
+        trainer:
+          max_steps: 7
+          learning_rate: 1.0e-2
+          beta: 0.5
     """)
-    loaded = parse(["train", "dpo", "--config", str(path), "--max-steps", "11", "--set", "beta=0.25"])
-    assert (loaded.max_steps, loaded.beta, loaded.learning_rate) == (11, 0.25, 0.01)
+    loaded = parse(["train", "dpo", "--config", str(path), "--trainer", "max_steps=11", "--set", "trainer.beta=0.25"])
+    # key by key: the recipe's other trainer settings stay
+    assert loaded.trainer == {"max_steps": 11, "beta": 0.25, "learning_rate": 0.01}
 
 
 def test_split_recipe_precedence(tmp_path):
@@ -122,29 +131,31 @@ def test_type_error_in_yaml_names_the_setting_and_the_expected_type(tmp_path):
     path = recipe(tmp_path, """
         base_model: base
         train_data: train.jsonl
-        max_steps: abc
+        trainer:
+          max_steps: abc
     """)
-    with pytest.raises(ConfigError, match=r"max_steps: expected an integer, got 'abc'"):
-        config.load(TrainConfig, path)
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps: expected an integer, got 'abc'"):
+        config.load(SFT, path)
 
 
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("learning_rate=fast", r"learning_rate: expected a number, got 'fast'"),
-        ("lora=maybe", r"lora: expected true or false, got 'maybe'"),
-        ("max_steps=true", r"max_steps: expected an integer, got 'true'"),
-        ("max_steps=[1, 2]", r"max_steps: expected an integer"),
+        ("trainer.learning_rate=fast", r"trainer\.learning_rate: expected a number, got 'fast'"),
+        ("model.use_peft=maybe", r"model\.use_peft: expected true or false, got 'maybe'"),
+        ("trainer.max_steps=true", r"trainer\.max_steps: expected an integer, got 'true'"),
+        ("trainer.max_steps=[1, 2]", r"trainer\.max_steps: expected an integer"),
+        ("log_model=maybe", r"log_model: expected true or false, got 'maybe'"),
     ],
 )
 def test_type_error_in_set_names_the_setting(override, expected):
     with pytest.raises(ConfigError, match=expected):
-        config.load(TrainConfig, None, [*(f"{k}={v}" for k, v in REQUIRED.items()), override])
+        config.load(SFT, None, [*(f"{k}={v}" for k, v in REQUIRED.items()), override])
 
 
 def test_validation_errors_say_what_was_expected():
     with pytest.raises(ConfigError, match="max_steps must be a positive integer, got 0"):
-        config.load(TrainConfig, None, {**REQUIRED, "max_steps": 0})
+        config.load(SFT, None, {**REQUIRED, "trainer": {"max_steps": 0}})
     with pytest.raises(ConfigError, match="base_model is required"):
         config.load(TrainConfig, None, {"train_data": "t.jsonl"})
 
@@ -185,9 +196,9 @@ def test_set_values_are_converted_to_the_setting_type():
 
 def test_exponent_notation_becomes_a_float_in_yaml_and_set(tmp_path):
     """PyYAML reads ``1e-4`` (no dot) as a string; the float field must still get a number."""
-    path = recipe(tmp_path, "base_model: b\ntrain_data: t.jsonl\nlearning_rate: 1e-4\n")
-    assert config.load(TrainConfig, path).learning_rate == pytest.approx(1e-4)
-    assert config.load(TrainConfig, path, ["learning_rate=2e-5"]).learning_rate == pytest.approx(2e-5)
+    path = recipe(tmp_path, "base_model: b\ntrain_data: t.jsonl\ntrainer:\n  learning_rate: 1e-4\n")
+    assert config.load(SFT, path).trainer["learning_rate"] == pytest.approx(1e-4)
+    assert config.load(SFT, path, ["trainer.learning_rate=2e-5"]).trainer["learning_rate"] == pytest.approx(2e-5)
 
 
 # --------------------------------------------------------------------------- nested sections
@@ -202,7 +213,7 @@ class Optimizer:
 @dataclass
 class Recipe:
     name: str = field("run", help="run name")
-    optimizer: Optimizer = field(default_factory=Optimizer, help="optimizer")  # noqa: RUF009 (a dataclasses.field)
+    optimizer: Optimizer = field(default_factory=Optimizer, help="optimizer")
 
 
 def test_dotted_set_addresses_a_nested_section_and_keeps_its_siblings(tmp_path):
@@ -238,24 +249,46 @@ def test_type_error_in_a_nested_section_names_its_dotted_path():
 
 
 def test_bool_flag_alone_means_true():
-    assert parse(["train", "sft", "--base-model", "b", "--train-data", "t.jsonl", "--lora"]).lora is True
+    assert parse(["demo", "--require-approval"]).require_approval is True
 
 
 @pytest.mark.parametrize(("value", "expected"), [("false", False), ("true", True), ("no", False), ("yes", True)])
 def test_bool_flag_takes_an_explicit_value(value, expected):
-    loaded = parse(["train", "sft", "--base-model", "b", "--train-data", "t.jsonl", "--lora", value])
-    assert loaded.lora is expected
+    loaded = parse(["train", "sft", "--base-model", "b", "--train-data", "t.jsonl", "--log-model", value])
+    assert loaded.log_model is expected
 
 
-def test_bool_flag_alone_followed_by_another_flag():
-    loaded = parse(["train", "sft", "--lora", "--base-model", "b", "--train-data", "t.jsonl", "--bf16"])
-    assert (loaded.lora, loaded.bf16, loaded.base_model) == (True, True, "b")
+def test_bool_flag_alone_followed_by_another_flag(tmp_path):
+    path = recipe(tmp_path, "base_model: b\ntrain_data: t.jsonl\nlog_model: false\n")
+    loaded = parse(["train", "sft", "--config", str(path), "--log-model", "--base-model", "c",
+                    "--model", "use_peft=true"])
+    assert (loaded.log_model, loaded.base_model, loaded.model) == (True, "c", {"use_peft": True})
+    assert parse(["demo", "--require-approval", "--method", "dpo"]).method == "dpo"
 
 
 def test_bool_flag_false_overrides_a_recipe_that_turns_it_on(tmp_path):
-    path = recipe(tmp_path, "base_model: b\ntrain_data: t.jsonl\ncompletion_only_loss: true\nlora: true\n")
-    loaded = parse(["train", "sft", "--config", str(path), "--lora", "false", "--completion-only-loss", "false"])
-    assert (loaded.lora, loaded.completion_only_loss) == (False, False)
+    path = recipe(tmp_path, "base_model: b\ntrain_data: t.jsonl\nlog_model: true\n"
+                            "trainer:\n  completion_only_loss: true\nmodel:\n  use_peft: true\n")
+    loaded = parse(["train", "sft", "--config", str(path), "--log-model", "false", "--model", "use_peft=false",
+                    "--set", "trainer.completion_only_loss=false"])
+    assert (loaded.log_model, loaded.model["use_peft"], loaded.trainer["completion_only_loss"]) == (False, False, False)
+
+
+def test_a_trl_setting_from_set_takes_its_field_type():
+    """--set trainer.X / --trainer X=... reach the method's TRL field as its type, next to the recipe's."""
+    loaded = parse(["train", "dpo", "--base-model", "b", "--train-data", "t.jsonl",
+                    "--set", "trainer.learning_rate=3e-3", "--set", "trainer.loss_type=sigmoid,sft",
+                    "--trainer", "loss_weights=1,0.2", "--trainer", "weight_decay=0.01", "--set", "model.lora_r=4"])
+    assert loaded.trainer == {"learning_rate": 3e-3, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.2],
+                              "weight_decay": 0.01}
+    assert loaded.model == {"lora_r": 4}
+
+
+def test_train_help_says_any_trl_field_can_be_set(capsys):
+    out = _collapse(_help_of(["train", "dpo"], capsys))
+    assert "--trainer KEY=VALUE" in out and "settings of trl.DPOConfig: any of its fields" in out
+    assert "--set trainer.KEY=VALUE" in out and "--model KEY=VALUE" in out and "trl.ModelConfig" in out
+    assert "learning_rate=0.0005" in out  # the house defaults under the section
 
 
 # --------------------------------------------------------------------------- help
@@ -347,9 +380,9 @@ def test_unknown_set_key_through_main_exits_2(capsys):
 
 
 def test_type_error_through_main_exits_2(tmp_path, capsys):
-    path = recipe(tmp_path, "base_model: b\ntrain_data: t.jsonl\nmax_steps: abc\n")
+    path = recipe(tmp_path, "base_model: b\ntrain_data: t.jsonl\ntrainer:\n  max_steps: abc\n")
     assert cli.main(["train", "sft", "--config", str(path)]) == 2
-    assert "max_steps: expected an integer, got 'abc'" in capsys.readouterr().err
+    assert "trainer.max_steps: expected an integer, got 'abc'" in capsys.readouterr().err
 
 
 def test_unknown_flag_is_a_usage_error_exit_2(capsys):
@@ -366,7 +399,7 @@ def test_no_step_prints_help_and_exits_2(capsys):
 def test_a_step_runs_through_main_with_recipe_and_flags(tmp_path, capsys):
     """End to end: a real split through main(), recipe value overridden by a flag, result file written."""
     dataset = tmp_path / "preference.jsonl"
-    from llmops_tasks import data
+    from llmops_tasks.core import data
 
     data.write_jsonl(str(dataset), samples.preference_rows())
     path = recipe(tmp_path, f"dataset: {dataset}\neval_fraction: 0.9\nout_dir: {tmp_path / 'split'}\n")

@@ -1,26 +1,34 @@
 """DAG integrity, in the style of Airflow's own example-DAG tests.
 
 Every DAG file imports without error, reads no Connection or Variable while parsing, and pulls in
-none of the heavy libraries (those belong inside tasks). Import cost is measured by
-bench/dag_parse.py, not asserted here.
+none of the heavy libraries (those belong inside tasks), nor the web or Kubernetes libraries that
+only the API server and the pods' mode need. Import cost is measured by bench/dag_parse.py, not
+asserted here.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from llmops_tasks import embedded
+from llmops_tasks.local import embedded
 
 pytestmark = pytest.mark.unit
 
 DAG_FILES = sorted(p for p in embedded.dags_folder().glob("*.py") if p.name != "__init__.py")
 HEAVY = ("torch", "transformers", "trl", "peft", "pandas", "great_expectations", "mlflow", "evaluate",
-         "datasets", "sacrebleu", "rouge_score")
+         "datasets", "sacrebleu", "rouge_score",
+         # the approvals page's web framework (the API server's alone), and the Kubernetes client
+         # (the kubernetes mode builds pod specs at parse; the embedded mode, checked here, must not)
+         "fastapi", "starlette", "kubernetes")
+# Environment of the fresh interpreters below: the embedded mode, whatever the caller's shell says.
+PARSE_ENV = {**os.environ, "LLMOPS_EXECUTION": "local"}
 
 
 def test_there_are_dag_files():
@@ -48,7 +56,7 @@ def test_retraining_dag_shape(dagbag):
     assert sorted(dag.task_ids) == sorted(expected)
     # the pipeline order the docs promise
     order = ["validate", "split", "train", "evaluate", "gate", "register", "approval_route"]
-    for upstream, downstream in zip(order, order[1:]):
+    for upstream, downstream in itertools.pairwise(order):
         assert upstream in dag.get_task(downstream).upstream_task_ids or upstream in {
             t for t in dag.get_task(downstream).get_flat_relative_ids(upstream=True)}
     assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
@@ -146,7 +154,39 @@ module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=PARSE_ENV)
     added = json.loads(out.stdout.strip().splitlines()[-1])
     heavy = sorted({m.split(".")[0] for m in added} & set(HEAVY))
     assert heavy == [], f"{dag_file.name} imports {heavy} at parse time"
+
+
+def test_dag_processor_with_our_plugin_loaded_imports_no_heavy_library(tmp_path):
+    """Airflow's DAG processor loads every plugin when it starts (``Job.__init__`` ->
+    ``get_listener_manager()``) and forks its parsing processes from itself, so what the plugin
+    imports, each parse carries. DagBag itself loads plugins only for a task with
+    ``end_from_trigger``; serialization only when deserializing links. All three are done here, in
+    a fresh interpreter (in a folder of its own: the checkout's egg-info would register the plugin
+    twice), with our plugin really loaded from its entry point."""
+    code = f"""
+import json, sys
+from airflow.listeners.listener import get_listener_manager
+from airflow import plugins_manager
+from airflow.dag_processing.dagbag import DagBag
+from airflow.serialization.serialized_objects import DagSerialization
+from airflow.sdk.plugins_manager import integrate_macros_plugins
+get_listener_manager()  # what the DAG processor's (and the scheduler's) Job does when it starts
+integrate_macros_plugins()  # what each task process does
+bag = DagBag(dag_folder={str(embedded.dags_folder())!r})
+serialized = [DagSerialization.to_dict(d) for d in bag.dags.values()]
+print(json.dumps({{"plugins": [p.name for p in plugins_manager._get_plugins()[0]], "dags": sorted(bag.dag_ids),
+                  "errors": bag.import_errors, "modules": sorted(sys.modules)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=PARSE_ENV,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "llmops" in report["plugins"] and "llmops_airflow.plugin" in report["modules"]
+    assert {"llm_retraining", "model_rollback"} <= set(report["dags"]) and report["errors"] == {}
+    heavy = sorted({m.split(".")[0] for m in report["modules"]} & set(HEAVY))
+    assert heavy == [], f"the DAG processor with the llmops plugin loaded imports {heavy}"
+    assert "llmops_airflow.approvals_app" not in report["modules"]

@@ -94,11 +94,11 @@ def test_helm_values_match_image_and_pipeline_settings(values):
     env = {item["name"]: item["value"] for item in values["env"]}
     assert env["LLMOPS_EXECUTION"] == "kubernetes"
     assert env["LLMOPS_TRAINER_IMAGE"] == f"ghcr.io/llmops-airflow/trainer:{llmops_tasks.__version__}"
-    pod_settings = (ROOT / "plugins" / "llmops_airflow" / "pod.py").read_text()
+    pod_settings = (ROOT / "plugins" / "llmops_airflow" / "operators" / "kubernetes.py").read_text()
     for name in env:
         if name.startswith("LLMOPS_") and name not in ("LLMOPS_EXECUTION", "LLMOPS_ARTIFACT_ROOT", "LLMOPS_MODEL_NAME",
                                                        "LLMOPS_RETRAIN_SCHEDULE", "LLMOPS_MLFLOW_UI"):
-            assert name in pod_settings, f"values.yaml sets {name}, which llmops_airflow.pod does not read"
+            assert name in pod_settings, f"values.yaml sets {name}, which llmops_airflow.operators.kubernetes does not read"
     assert values["triggerer"]["enabled"] and values["dagProcessor"]["enabled"]
     if values["dags"]["gitSync"]["enabled"]:
         assert (ROOT / values["dags"]["gitSync"]["subPath"]).is_dir()
@@ -116,7 +116,7 @@ def test_deployment_guide_names_the_files_it_explains():
 def test_up_command_and_plugin_page_are_registered():
     from llmops_tasks.cli import STEPS
 
-    assert STEPS["up"][0] == "llmops_tasks.services"
+    assert STEPS["up"][0] == "llmops_tasks.local.services"
     from llmops_airflow import approvals_app
     from llmops_airflow.plugin import LLMOpsPlugin
 

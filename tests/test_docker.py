@@ -108,7 +108,7 @@ def test_constraints_can_constrain_the_images():
 
 
 def test_trainer_runs_the_cli_as_the_pods_non_root_user():
-    from llmops_airflow.pod import UID
+    from llmops_airflow.operators.kubernetes import UID
 
     stage = final_stage("Dockerfile.trainer")
     (base,) = [args for kw, args, _ in stage if kw == "FROM"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import samples
-from llmops_tasks.config import ConfigError
+from llmops_tasks.core.config import ConfigError
+from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.eda import EdaConfig, histogram, percentile, run
-from llmops_tasks.errors import StepFailed
+from llmops_tasks.local import samples
 
 pytestmark = pytest.mark.unit
 
@@ -165,7 +165,7 @@ def test_change_against_the_previous_snapshot(tmp_path, report):
 
 
 def test_token_lengths_use_the_configured_tokenizer(tmp_path):
-    from llmops_tasks.bootstrap import train_tokenizer
+    from llmops_tasks.local.bootstrap import train_tokenizer
 
     tokenizer = train_tokenizer(samples.corpus_text()[:40], vocab_size=300)
     tokenizer.save_pretrained(tmp_path / "tok")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import data, eval_report
+from llmops_tasks import eval_report
+from llmops_tasks.core import data
 from llmops_tasks.gate import GateConfig, decide
 
 pytestmark = pytest.mark.unit

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import cli, data, samples
-from llmops_tasks import evaluate as evaluate_step
-from llmops_tasks.config import ConfigError
-from llmops_tasks.errors import StepFailed
+from llmops_tasks import cli
+from llmops_tasks.core import data
+from llmops_tasks.core.config import ConfigError
+from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.evaluate import (
     EvaluateConfig,
     answer_logprobs,
@@ -28,6 +28,7 @@ from llmops_tasks.evaluate import (
     read_eval_set,
     run,
 )
+from llmops_tasks.local import samples
 
 RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "recipes" / "evaluate_tiny.yaml"
 EVAL_ROWS = 16
@@ -36,7 +37,7 @@ EVAL_ROWS = 16
 def build_model(out_dir: Path) -> Path:
     """The project's own tiny model builder when present, else the same recipe inline."""
     try:
-        from llmops_tasks.bootstrap import build_tiny_model
+        from llmops_tasks.local.bootstrap import build_tiny_model
     except ImportError:  # the bootstrap module is written in parallel; keep this test independent of it
         build_tiny_model = None
     if build_tiny_model is not None:
@@ -127,13 +128,15 @@ def home(tmp_path, monkeypatch) -> Path:
 @pytest.mark.integration
 def test_trained_model_beats_random_and_champion_answers_are_cached(tiny, home, tmp_path, monkeypatch):
     calls = []
-    real_generate = evaluate_step.generate
+    from llmops_tasks.serving import generation
+
+    real_generate = generation.generate
 
     def counting_generate(model_ref, prompts, **kwargs):
         calls.append(model_ref)
         return real_generate(model_ref, prompts, **kwargs)
 
-    monkeypatch.setattr(evaluate_step, "generate", counting_generate)
+    monkeypatch.setattr(generation, "generate", counting_generate)
     config = EvaluateConfig(
         candidate_model=tiny["trained"], champion_model=tiny["random"], eval_data=tiny["eval"],
         out_dir=str(tmp_path / "first"), bootstrap_samples=300,
@@ -276,7 +279,7 @@ def test_config_defaults_and_validation(home):
     assert config.eval_data.endswith("/adhoc/latest/split/eval.jsonl")
     assert config.out_dir.endswith("/adhoc/latest/evaluate")
     assert config.base_model == str(home / "models" / "tiny-base")
-    from llmops_tasks import config as config_module
+    from llmops_tasks.core import config as config_module
 
     recipe = config_module.load(EvaluateConfig, RECIPE)
     assert (recipe.champion_model, recipe.max_new_tokens, recipe.bootstrap_samples) == ("production", 32, 1000)

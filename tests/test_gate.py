@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import cli, config
-from llmops_tasks.config import ConfigError
-from llmops_tasks.errors import StepFailed
+from llmops_tasks import cli
+from llmops_tasks.core import config
+from llmops_tasks.core.config import ConfigError
+from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.gate import GateConfig, decide, run
 
 pytestmark = pytest.mark.unit
 
-RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "recipes" / "gate.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "policies" / "gate.yaml"
 
 
 def metrics(candidate: dict, champion: dict, ci: dict | None = None) -> dict:
@@ -224,59 +225,32 @@ def test_run_writes_the_report_with_the_decision(tmp_path, monkeypatch):
 
 
 @pytest.mark.integration
-def test_dag_gate_task_stops_a_regressing_candidate_and_shows_why(tmp_path, monkeypatch):
-    """The DAG's own gate callable, real MLflow on SQLite; only the task instance is a stand-in (no scheduler)."""
-    import importlib.util
+def test_gate_step_stops_a_regressing_candidate_and_shows_why(tmp_path, monkeypatch, caplog, mlflow_store):
+    """The step the DAG's gate task runs (``run_step("gate", ...)``), real MLflow on SQLite: its log
+    line, decision, report and MLflow run; a rejection is a verdict (Rejected), a missing file a failure."""
+    import logging
 
-    from llmops_tasks import embedded
+    from llmops_tasks.core.errors import Rejected
 
-    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("LLMOPS_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
-    spec = importlib.util.spec_from_file_location("llm_retraining_under_test",
-                                                  embedded.dags_folder() / "llm_retraining.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    dag = module.llm_retraining()
-    gate_callable = dag.get_task("gate").python_callable
-    params = {"gate_policy": "", "gate_min_bleu": 0.0, "gate_max_regression": 0.02}
-
-    class TaskInstance:
-        dag_id, run_id, task_id, try_number, map_index = "llm_retraining", "manual__test", "gate", 1, -1
-
-        def __init__(self):
-            self.pushed: dict = {}
-
-        def xcom_push(self, key, value):
-            self.pushed[key] = value
-
-    import airflow.sdk
-
-    from llmops_airflow import mlflow_connection
-
-    # No Airflow API server here to ask for Connection mlflow_default: the embedded mode has none.
-    monkeypatch.setattr(mlflow_connection, "read_connection", lambda conn_id=mlflow_connection.CONN_ID: None)
+    monkeypatch.setenv("LLMOPS_DAG_ID", "llm_retraining")
+    monkeypatch.setenv("LLMOPS_RUN_ID", "manual__test")
+    policy = {"policy": str(RECIPE), "min_bleu": 0.0, "max_regression": 0.02}
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(REGRESSING))
-    ti = TaskInstance()
-    monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: {"dag": dag, "run_id": ti.run_id, "ti": ti})
-    for name in ("LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID"):  # bind_run_context exports them: undone after
-        monkeypatch.setenv(name, "")
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()) as task_log:
-        assert gate_callable({"metrics": str(bad)}, params=params, ti=ti) is False
-    log = task_log.getvalue()
+    with caplog.at_level(logging.INFO, logger="llmops_tasks"), pytest.raises(Rejected) as rejected:
+        run(GateConfig(metrics=str(bad), **policy))
+    log = caplog.text
+    decision = rejected.value.result
     assert "gate REJECTED (nothing is registered; downstream tasks skip): rejected: max_regression (bleu)" in log
-    assert ti.pushed["decision"]["passed"] is False
-    assert ti.pushed["decision"]["policy_file"].endswith("recipes/gate.yaml")
-    assert Path(ti.pushed["report"]).read_text().count("REJECTED") >= 1 and ti.pushed["report"] in log
-    assert ti.pushed["mlflow_run_url"]
+    assert decision["passed"] is False
+    assert decision["policy_file"].endswith("policies/gate.yaml")
+    assert Path(decision["report_path"]).read_text().count("REJECTED") >= 1 and decision["report_path"] in log
+    assert decision["mlflow_run_url"]
 
     good = tmp_path / "good.json"
     good.write_text(json.dumps(IMPROVING))
-    assert gate_callable({"metrics": str(good)}, params=params, ti=TaskInstance()) is True
-    with pytest.raises(StepFailed, match="metrics file not found"):  # a crash, not a rejection
-        gate_callable({"metrics": str(tmp_path / "missing.json")}, params=params, ti=TaskInstance())
+    assert run(GateConfig(metrics=str(good), **policy))["passed"] is True
+    with pytest.raises(StepFailed, match="metrics file not found") as missing:  # a crash, not a rejection
+        run(GateConfig(metrics=str(tmp_path / "missing.json"), **policy))
+    assert not isinstance(missing.value, Rejected)

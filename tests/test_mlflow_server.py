@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import bootstrap, cli, data, registry, samples
+from llmops_tasks import cli, registry
+from llmops_tasks.core import data
+from llmops_tasks.local import bootstrap, samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +40,7 @@ import json, sys
 from airflow.utils.db import upgradedb
 upgradedb()
 from airflow.dag_processing.dagbag import DagBag
-from llmops_tasks.embedded import dags_folder
+from llmops_tasks.local.embedded import dags_folder
 bag = DagBag(dag_folder=str(dags_folder() / "model_rollback.py"))
 assert not bag.import_errors, bag.import_errors
 dag_run = bag.dags["model_rollback"].test(run_conf={"reason": "rollback drill through the Connection"})
@@ -70,7 +72,7 @@ def server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(folder / "basic_auth.ini")
     env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.urandom(16).hex()  # the auth app's CSRF key
-    log = open(folder / "server.log", "w")
+    log = open(folder / "server.log", "w")  # noqa: SIM115 (the server's output while it runs; closed with it)
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--app-name", "basic-auth",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmops_tasks import modelcard
+from llmops_tasks.registry import modelcard
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,9 @@ What is real and what is not:
 
 from __future__ import annotations
 
+import ast
 import datetime
+import graphlib
 import importlib.metadata
 import json
 import os
@@ -34,7 +36,8 @@ import structlog
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from llmops_airflow.operators import LocalStepOperator, step_operator
+from llmops_airflow.operators import step_operator
+from llmops_airflow.operators.local import LocalStepOperator
 
 pytestmark = pytest.mark.unit
 
@@ -90,9 +93,9 @@ def test_mode_and_gpus_are_checked(clean_env):
         step_operator("split", ["split"], gpus=-1)
 
 
-def test_plugin_and_local_dag_do_not_import_kubernetes():
-    """The Kubernetes provider takes seconds to import; the plugin (loaded by every Airflow
-    component) and a DAG parsed in the embedded mode must not pay for it."""
+def test_plugin_and_local_dag_do_not_import_kubernetes_or_fastapi():
+    """The Kubernetes provider takes seconds to import, FastAPI a tenth of one; the plugin (loaded
+    by every Airflow component) and a DAG parsed in the embedded mode must pay for neither."""
     code = (
         "import sys, datetime\n"
         "import llmops_airflow.plugin\n"
@@ -100,13 +103,125 @@ def test_plugin_and_local_dag_do_not_import_kubernetes():
         "from llmops_airflow.operators import step_operator\n"
         "with DAG('d', schedule=None, start_date=datetime.datetime(2026, 1, 1)):\n"
         "    step_operator('train', ['train'], gpus=1)\n"
-        "heavy = [m for m in ('kubernetes', 'airflow.providers.cncf.kubernetes.operators.pod') if m in sys.modules]\n"
+        "heavy = [m for m in ('kubernetes', 'airflow.providers.cncf.kubernetes.operators.pod', 'fastapi', 'starlette',\n"
+        "                     'llmops_airflow.approvals_app', 'llmops_airflow.operators.kubernetes') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "LLMOPS_EXECUTION"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# the package: imports point one way
+
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "plugins" / "llmops_airflow"
+# Third-party imports that only one module may make at its top: every other module is imported
+# by processes (DAG parse, scheduler, workers) that must not pay for them.
+HEAVY_HOMES = {
+    "kubernetes": "llmops_airflow.operators.kubernetes",
+    "airflow.providers.cncf.kubernetes": "llmops_airflow.operators.kubernetes",
+    "fastapi": "llmops_airflow.approvals_app",
+    "starlette": "llmops_airflow.approvals_app",
+}
+
+
+def package_modules() -> dict[str, ast.Module]:
+    """Dotted name -> parsed source, for every module of llmops_airflow."""
+    modules = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = ("llmops_airflow", *path.relative_to(PACKAGE_DIR).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = ast.parse(path.read_text(), filename=str(path))
+    return modules
+
+
+def _is_package(name: str) -> bool:
+    return (PACKAGE_DIR.joinpath(*name.split(".")[1:]) / "__init__.py").exists()
+
+
+def imports_in(module: str, tree: ast.AST, *, top_level_only: bool = False):
+    """``(imported module, names taken from it, line)`` for each import in ``tree``, relative ones
+    resolved. Unless ``top_level_only``: those inside functions too, and string constants that
+    name one of our modules (the lazy exports of a package ``__init__``, ``import_module``)."""
+    package = module if _is_package(module) else module.rpartition(".")[0]
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if top_level_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, [], node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            yield base, [alias.name for alias in node.names], node.lineno
+        elif (not top_level_only and isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and re.fullmatch(r"llmops_airflow(\.\w+)+", node.value)):
+            yield node.value, [], node.lineno
+
+
+def import_graph(*, top_level_only: bool = False) -> dict[str, set[str]]:
+    """Module -> the llmops_airflow modules it imports; static (the source is parsed, not run).
+
+    ``from llmops_airflow import approvals_app`` is an edge to ``approvals_app``, not to the
+    package; the package ``__init__`` that Python runs first is checked on its own below."""
+    modules = package_modules()
+    graph: dict[str, set[str]] = {}
+    for name, tree in modules.items():
+        targets = set()
+        for base, names, _ in imports_in(name, tree, top_level_only=top_level_only):
+            submodules = {f"{base}.{n}" for n in names if f"{base}.{n}" in modules}
+            targets |= submodules
+            if len(submodules) < len(names) or not names:  # names from the module itself
+                owners = [m for m in modules if base == m or base.startswith(m + ".")]
+                targets |= {max(owners, key=len)} if owners else set()
+        graph[name] = targets - {name}
+    return graph
+
+
+def test_llmops_airflow_imports_have_no_cycle():
+    """Every import counts, at module level or inside a function: a circle that only lazy imports
+    keep from failing is still one module needing the other to make sense."""
+    graph = import_graph()
+    assert graph["llmops_airflow.operators.kubernetes"] >= {"llmops_airflow.operators.base"}  # the graph is real
+    assert graph["llmops_airflow.operators"] == {"llmops_airflow.operators.local", "llmops_airflow.operators.kubernetes"}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle in llmops_airflow: {' -> '.join(exc.args[1])}")
+
+
+def test_llmops_airflow_dependencies_point_one_way():
+    graph = import_graph()
+    importers = {target: {m for m, targets in graph.items() if target in targets} for target in graph}
+    assert importers["llmops_airflow.plugin"] == set(), "only Airflow's plugin manager imports the plugin"
+    assert importers["llmops_airflow.approvals_app"] == {"llmops_airflow.plugin"}
+    assert importers["llmops_airflow.operators.kubernetes"] <= {"llmops_airflow.operators", "llmops_airflow"}
+    assert importers["llmops_airflow.operators.local"] <= {"llmops_airflow.operators", "llmops_airflow"}
+    assert graph["llmops_airflow.operators.base"] == {"llmops_airflow.links"}  # shared by both modes, knows neither
+    assert graph["llmops_airflow.links"] == set()
+
+
+def test_package_inits_import_none_of_their_modules_at_import():
+    """Importing ``llmops_airflow.operators.local`` runs both package ``__init__``s first: one that
+    imported its own modules at its top would close a circle the graph above does not show."""
+    for name, targets in import_graph(top_level_only=True).items():
+        if _is_package(name):
+            assert not {t for t in targets if t.startswith(name + ".")}, f"{name} imports its modules at import"
+
+
+def test_heavy_libraries_are_imported_at_the_top_of_one_module_only():
+    for name, tree in package_modules().items():
+        for imported, _, line in imports_in(name, tree, top_level_only=True):
+            for library, home in HEAVY_HOMES.items():
+                if (imported == library or imported.startswith(library + ".")) and name != home:
+                    pytest.fail(f"{name} imports {library} at import (line {line}); only {home} may")
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +265,7 @@ def gpu_pod(k8s_env):
 
 def test_gpu_step_is_a_pod_running_the_cli_in_the_trainer_image(gpu_pod):
     op, _, data = gpu_pod
-    from llmops_airflow.pod import LLMOpsPodOperator
+    from llmops_airflow.operators.kubernetes import LLMOpsPodOperator
 
     assert isinstance(op, LLMOpsPodOperator)
     assert op.do_xcom_push and op.on_finish_action.value == "delete_pod"
@@ -348,7 +463,7 @@ def test_dag_with_pod_steps_serializes_with_the_mlflow_link(k8s_env):
     data = DagSerialization.to_dict(dag)
     (task,) = data["dag"]["tasks"]
     assert task["__var"]["_operator_extra_links"] == {"MLflow run": "_link_MLflowRunLink"}
-    assert task["__var"]["_task_module"] == "llmops_airflow.pod"
+    assert task["__var"]["_task_module"] == "llmops_airflow.operators.kubernetes"
 
 
 def _terminated_pod(exit_code: int):
@@ -375,7 +490,7 @@ SAID_NO = {"error": "gate: bleu 0.1 < 0.2"}
 def test_pod_that_says_no_fails_without_retry(k8s_env, exit_code, result, error):
     """Cluster calls in cleanup (read the pod for istio, patch and delete it, read its events) are
     mocked: no cluster here. The exit code is read from the terminated pod's status."""
-    from llmops_airflow.pod import LLMOpsPodOperator
+    from llmops_airflow.operators.kubernetes import LLMOpsPodOperator
 
     _, (op,) = make_dag((("gate", ["gate"]), {}))
     remote = _terminated_pod(exit_code)
@@ -391,8 +506,9 @@ def test_pod_that_says_no_fails_without_retry(k8s_env, exit_code, result, error)
 
 
 def test_mlflow_link_reads_the_run_url_the_step_reported(k8s_env):
-    from llmops_airflow.operators import publish_mlflow_run_url
-    from llmops_airflow.plugin import LLMOpsPlugin, MLflowRunLink
+    from llmops_airflow.links import MLflowRunLink
+    from llmops_airflow.operators.base import publish_mlflow_run_url
+    from llmops_airflow.plugin import LLMOpsPlugin
 
     (entry_point,) = [e for e in importlib.metadata.entry_points(group="airflow.plugins") if e.name == "llmops"]
     assert entry_point.load() is LLMOpsPlugin

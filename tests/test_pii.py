@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmops_tasks import pii
+from llmops_tasks.text import pii
 
 pytestmark = pytest.mark.unit
 

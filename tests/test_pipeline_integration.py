@@ -17,15 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import data, samples
-from llmops_tasks.settings import safe_segment
+from llmops_tasks.core import data
+from llmops_tasks.core.settings import safe_segment
+from llmops_tasks.local import samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUNNER = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-from llmops_tasks.embedded import dags_folder
+from llmops_tasks.local.embedded import dags_folder
 bag = DagBag(dag_folder=str(dags_folder()))
 assert not bag.import_errors, bag.import_errors
 dag = bag.dags["llm_retraining"]
@@ -78,8 +79,9 @@ def step_file(env: dict, result: dict, step: str, name: str) -> dict:
 
 
 def registry_state(env: dict) -> tuple[dict, object]:
-    from llmops_tasks import registry, tracking
-    from llmops_tasks.settings import temporary_env
+    from llmops_tasks import registry
+    from llmops_tasks.core import tracking
+    from llmops_tasks.core.settings import temporary_env
 
     keys = ("MLFLOW_TRACKING_URI", "LLMOPS_MODEL_NAME", "LLMOPS_MLFLOW_ARTIFACTS")
     with temporary_env({k: env[k] for k in keys}):
@@ -225,3 +227,79 @@ def test_a_fixed_eval_set_is_validated_and_scored(methods_env, tmp_path):
                                                                                        "rows": 24}
     metrics = step_file(methods_env, result, "evaluate", "metrics.json")
     assert metrics["eval_data"] == str(held_out) and metrics["n"] == 24
+
+
+def _step_run(client, step: str, dag_run_id: str | None):
+    """The one MLflow run of ``step`` from DAG run ``dag_run_id`` (None: from the shell, no DAG run)."""
+    from llmops_tasks.core import settings, tracking
+
+    experiment = client.get_experiment_by_name(settings.experiment_name())
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_STEP}` = '{step}'")
+    found = [r for r in runs if r.data.tags.get(tracking.TAG_RUN_ID) == dag_run_id]
+    assert len(found) == 1, (step, dag_run_id, [r.data.tags for r in runs])
+    return found[0]
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    files = set()
+    for item in client.list_artifacts(run_id, path):
+        files |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return files
+
+
+def _recorded(client, run, path_params: tuple[str, ...]) -> dict:
+    """What a step run holds, its run-folder paths left out (they differ by design)."""
+    params = dict(run.data.params)
+    return {"status": run.info.status, "param_keys": sorted(params),
+            "params": {k: v for k, v in params.items() if k not in path_params},
+            "metrics": dict(run.data.metrics), "artifacts": sorted(_artifacts(client, run.info.run_id))}
+
+
+def test_the_shell_commands_record_what_the_dag_tasks_record(first_run, pipeline_env):
+    """``llmops validate|eda|split|gate`` typed in a shell (no DAG run) write the same outputs and the
+    same MLflow step runs (params, metrics, artifacts) as the DAG's tasks: the tasks only wire."""
+    from llmops_tasks.core import settings
+
+    assert first_run["state"] == "success", first_run["log"][-5000:]
+    env = {k: v for k, v in pipeline_env.items() if k not in ("LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID")}
+    dag_dir = Path(env["LLMOPS_ARTIFACT_ROOT"]) / "llm_retraining" / safe_segment(first_run["run_id"])
+    shell_dir = Path(env["LLMOPS_ARTIFACT_ROOT"]) / "adhoc" / "latest"
+    dataset = step_file(pipeline_env, first_run, "validate", "validation.json")["dataset"]
+    llmops = str(Path(sys.executable).with_name("llmops"))
+    commands = {
+        "validate": ["validate", "--config", settings.packaged_policy("validate_preference.yaml"),
+                     "--dataset", dataset, "--kind", "preference"],
+        "eda": ["eda", "--dataset", dataset, "--kind", "preference", "--previous", "auto"],
+        "split": ["split", "--dataset", dataset, "--eval-fraction", "0.2"],
+        "gate": ["gate", "--metrics", str(dag_dir / "evaluate" / "metrics.json"),
+                 "--policy", settings.packaged_policy("gate.yaml"), "--min-bleu", "0.0", "--max-regression", "0.02"],
+    }
+    for step, args in commands.items():
+        proc = subprocess.run([llmops, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (step, proc.stderr[-3000:])
+
+    # the same files, with the same contents but for the paths of their own run folder
+    assert {p.name for p in (dag_dir / "validate").iterdir()} == {p.name for p in (shell_dir / "validate").iterdir()}
+    paths = ("report", "quarantine", "data_docs")
+    dag_validation, shell_validation = (json.loads((d / "validate" / "validation.json").read_text())
+                                        for d in (dag_dir, shell_dir))
+    assert {k: v for k, v in dag_validation.items() if k not in paths} == \
+        {k: v for k, v in shell_validation.items() if k not in paths}
+    for name in ("eda.json", "eda.html"):
+        assert (dag_dir / "eda" / name).read_text() == (shell_dir / "eda" / name).read_text(), name
+    for name in ("train_preference.jsonl", "train_sft.jsonl", "eval.jsonl"):
+        assert (dag_dir / "split" / name).read_bytes() == (shell_dir / "split" / name).read_bytes(), name
+    dag_decision, shell_decision = (json.loads((d / "gate" / "decision.json").read_text())
+                                    for d in (dag_dir, shell_dir))
+    outputs = ("decision_path", "report_path")
+    assert {k: v for k, v in dag_decision.items() if k not in outputs} == \
+        {k: v for k, v in shell_decision.items() if k not in outputs}
+    assert dag_decision["passed"] is True
+
+    _, client = registry_state(pipeline_env)
+    path_params = {"validate": (), "eda": ("report_json",), "split": ("out_dir",), "gate": ()}
+    for step, ignored in path_params.items():
+        dag_run = _recorded(client, _step_run(client, step, first_run["run_id"]), ignored)
+        shell_run = _recorded(client, _step_run(client, step, None), ignored)
+        assert dag_run == shell_run, step
+        assert dag_run["artifacts"] or step == "split", step  # reports are logged; split logs sizes only

@@ -100,7 +100,7 @@ def test_pipeline_on_postgres(postgres, tmp_path):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; name the driver the package installs.
         "MLFLOW_TRACKING_URI": f"postgresql+psycopg2://{postgres['url']}/mlflow",
     })
-    from llmops_tasks import embedded
+    from llmops_tasks.local import embedded
 
     env = embedded.airflow_env(env)  # everything else as the embedded mode sets it
     airflow = str(Path(sys.executable).with_name("airflow"))
@@ -123,8 +123,9 @@ def test_pipeline_on_postgres(postgres, tmp_path):
     connection.close()
     assert states["promote"] == "success" and states["auto_approve"] == "success", states
 
-    from llmops_tasks import registry, tracking
-    from llmops_tasks.settings import temporary_env
+    from llmops_tasks import registry
+    from llmops_tasks.core import tracking
+    from llmops_tasks.core.settings import temporary_env
 
     with temporary_env({"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"], "LLMOPS_MODEL_NAME": MODEL_NAME}):
         aliases = registry.alias_versions(MODEL_NAME, tracking.client())

@@ -14,9 +14,12 @@ from typing import Any
 
 import pytest
 
-from llmops_tasks import bootstrap, cli, data, registry, samples, tracking
-from llmops_tasks.errors import StepFailed
+from llmops_tasks import cli, registry
+from llmops_tasks.core import data, tracking
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.local import bootstrap
 from llmops_tasks.registry import PromoteConfig, RegisterConfig, RollbackConfig, StatusConfig
+from llmops_tasks.serving import flavor
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +40,16 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A fresh MLflow store and home for this module, and one tiny model to register."""
-    root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        env.setenv("LLMOPS_HOME", str(root))
-        env.setenv("LLMOPS_MLFLOW_ARTIFACTS", str(root / "mlartifacts"))
-        env.setenv("LLMOPS_MODEL_NAME", MODEL)
-        env.setenv("LLMOPS_ACTOR", "ci-bot")
-        env.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        for name in ("MLFLOW_REGISTRY_URI", "LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID"):
-            env.delenv(name, raising=False)
-        # The train step saves its model to {output_dir}/model; register reads that folder.
-        model_dir = bootstrap.build_tiny_model(root / "train" / "model", samples.corpus_text())
-        yield Store(root, model_dir)
+def store(module_store, tiny_model):
+    """The module's MLflow store and home, and one tiny model to register."""
+    import shutil
+
+    root, env = module_store
+    env.setenv("LLMOPS_MODEL_NAME", MODEL)
+    env.setenv("LLMOPS_ACTOR", "ci-bot")
+    # The train step saves its model to {output_dir}/model; register reads that folder.
+    model_dir = shutil.copytree(tiny_model, root / "train" / "model")
+    return Store(root, model_dir)
 
 
 def candidate_files(folder: Path, model_dir: Path, *, passed: bool = True, fingerprint: str = "cfg-a-sft",
@@ -414,7 +412,7 @@ def test_the_logged_model_has_a_signature_and_an_input_example(lifecycle):
     assert [p.name for p in info.signature.params.params] == ["max_new_tokens"]
     assert info.saved_input_example_info is not None
     assert lifecycle["tags_a"]["llmops.input_example"] == "true"
-    assert "mlflow==" in " ".join(registry._pip_requirements())
+    assert "mlflow==" in " ".join(flavor.pip_requirements())
 
 
 def test_the_version_description_is_its_model_card(lifecycle):
@@ -493,7 +491,7 @@ def test_cli_rollback_exits_1_without_a_previous_production(store, capsys):
 
 
 def test_a_registry_lock_left_by_a_dead_holder_expires(store):
-    from llmops_tasks import audit
+    from llmops_tasks.registry import audit
 
     name = "lock-check"
     client = tracking.client()
@@ -505,7 +503,7 @@ def test_a_registry_lock_left_by_a_dead_holder_expires(store):
 
 
 def test_a_held_registry_lock_refuses_after_the_timeout(store):
-    from llmops_tasks import audit
+    from llmops_tasks.registry import audit
 
     client = tracking.client()
     refused = pytest.raises(StepFailed, match=r"locked by another alias move \(first promotion\)")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import registry, tracking
+from llmops_tasks import registry
+from llmops_tasks.core import tracking
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +29,9 @@ TWINS = "twin-runs"  # two runs promote the same v2
 RACER = """
 import json, os, sys, time
 from pathlib import Path
-from llmops_tasks import registry, tracking
-from llmops_tasks.errors import StepFailed
+from llmops_tasks import registry
+from llmops_tasks.core import tracking
+from llmops_tasks.core.errors import StepFailed
 barrier = Path(sys.argv[1])
 tracking.client().search_registered_models()  # store opened before the barrier
 Path(str(barrier) + "." + sys.argv[2]).touch()
@@ -72,27 +74,21 @@ def race(folder: Path, *plans: list[tuple[str, str]]) -> list[list]:
 
 
 @pytest.fixture(scope="module")
-def raced(tmp_path_factory):
+def raced(module_store):
     """Two processes released together; each promotes on both models, rivals first."""
-    folder = tmp_path_factory.mktemp("race")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
-        env.setenv("LLMOPS_HOME", str(folder))
-        env.setenv("LLMOPS_MLFLOW_ARTIFACTS", str(folder / "mlartifacts"))
-        for name in ("MLFLOW_REGISTRY_URI", "LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID"):
-            env.delenv(name, raising=False)
-        client = tracking.client()
-        source = folder / "weights"
-        source.mkdir()
-        for model in (RIVALS, TWINS):
-            client.create_registered_model(model)
-            for _ in range(3):  # promotion moves aliases only; it never opens the weights
-                version = client.create_model_version(model, str(source)).version
-                client.set_model_version_tag(model, version, "llmops.gate_passed", "true")
-            registry.promote(registry.PromoteConfig(version="1", expected_production="none", approved_by="setup",
-                                                    model_name=model))
-        first, second = race(folder, [(RIVALS, "2"), (TWINS, "2")], [(RIVALS, "3"), (TWINS, "2")])
-        yield {RIVALS: [first[0], second[0]], TWINS: [first[1], second[1]]}
+    folder, _ = module_store
+    client = tracking.client()
+    source = folder / "weights"
+    source.mkdir()
+    for model in (RIVALS, TWINS):
+        client.create_registered_model(model)
+        for _ in range(3):  # promotion moves aliases only; it never opens the weights
+            version = client.create_model_version(model, str(source)).version
+            client.set_model_version_tag(model, version, "llmops.gate_passed", "true")
+        registry.promote(registry.PromoteConfig(version="1", expected_production="none", approved_by="setup",
+                                                model_name=model))
+    first, second = race(folder, [(RIVALS, "2"), (TWINS, "2")], [(RIVALS, "3"), (TWINS, "2")])
+    return {RIVALS: [first[0], second[0]], TWINS: [first[1], second[1]]}
 
 
 def test_two_candidates_from_the_same_champion_exactly_one_wins(raced):

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import bootstrap, data, samples, split, train
-from llmops_tasks.config import load
+from llmops_tasks import split, train
+from llmops_tasks.core import data
+from llmops_tasks.core.config import load
+from llmops_tasks.local import bootstrap, samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,14 +41,22 @@ def workdir(tmp_path_factory):
 
 def settings(workdir, out: Path) -> dict:
     return {"base_model": workdir["base"], "train_data": workdir["train_sft"], "output_dir": str(out),
-            "max_steps": MAX_STEPS, "save_steps": SAVE_STEPS, "save_total_limit": 10, "logging_steps": 1,
-            "per_device_train_batch_size": 4, "max_length": 64, "system_metrics_interval": 0, "log_model": False}
+            "trainer": {"max_steps": MAX_STEPS, "save_steps": SAVE_STEPS, "save_total_limit": 10, "logging_steps": 1,
+                        "per_device_train_batch_size": 4, "max_length": 64},
+            "system_metrics_interval": 0, "log_model": False}
 
 
 def command(values: dict) -> list[str]:
+    def text(value) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
     args = [sys.executable, "-m", "llmops_tasks.cli", "train", "sft"]
     for key, value in values.items():
-        args += ["--" + key.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+        if isinstance(value, dict):  # a section: --trainer KEY=VALUE per setting
+            for name, item in value.items():
+                args += ["--" + key.replace("_", "-"), f"{name}={text(item)}"]
+        else:
+            args += ["--" + key.replace("_", "-"), text(value)]
     return args
 
 
@@ -79,7 +89,7 @@ def test_sigkill_after_a_checkpoint_then_retry_resumes_there(workdir, tmp_path):
     assert retry.returncode == 0, retry.stderr[-3000:]
     result = json.loads((tmp_path / "retry.json").read_text())
     assert result["resumed_from"] == killed_at
-    assert f"resuming from {killed_at}" in retry.stdout
+    assert f"resuming from {killed_at}" in retry.stderr  # the step's log
     assert result["global_step"] == MAX_STEPS
     state = json.loads((out / "checkpoints" / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
     assert state["global_step"] == MAX_STEPS

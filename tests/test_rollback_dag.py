@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from llmops_tasks import registry, tracking
+from llmops_tasks import registry
+from llmops_tasks.core import tracking
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ import json, sys
 from airflow.utils.db import upgradedb
 upgradedb()  # what `airflow db migrate` runs; a no-op when the session's database is current
 from airflow.dag_processing.dagbag import DagBag
-from llmops_tasks.embedded import dags_folder
+from llmops_tasks.local.embedded import dags_folder
 bag = DagBag(dag_folder=str(dags_folder() / "model_rollback.py"))
 assert not bag.import_errors, bag.import_errors
 dag = bag.dags["model_rollback"]

@@ -23,7 +23,8 @@ from urllib.parse import quote
 
 import pytest
 
-from llmops_tasks import data, samples, services
+from llmops_tasks.core import data
+from llmops_tasks.local import samples, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -104,8 +105,9 @@ def stack(tmp_path_factory):
 
 
 def _production(stack) -> str | None:
-    from llmops_tasks import registry, tracking
-    from llmops_tasks.settings import temporary_env
+    from llmops_tasks import registry
+    from llmops_tasks.core import tracking
+    from llmops_tasks.core.settings import temporary_env
 
     services_uri = f"sqlite:///{stack['home'] / 'mlflow.db'}"  # the URI the services used
     with temporary_env({"MLFLOW_TRACKING_URI": services_uri, "LLMOPS_MODEL_NAME": MODEL_NAME}):

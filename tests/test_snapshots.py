@@ -8,30 +8,30 @@ store serves the module; each test works in its own experiment, which is what th
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from llmops_tasks import data, eda, samples, snapshots, tracking
-from llmops_tasks.settings import RunContext, temporary_env
+from llmops_tasks import eda, snapshots
+from llmops_tasks.core import data, tracking
+from llmops_tasks.core.settings import RunContext, temporary_env
+from llmops_tasks.local import samples
 
 pytestmark = pytest.mark.unit
 
 DAG = "llm_retraining"
 
 
+@pytest.fixture(autouse=True)
+def _log_lines(caplog):
+    """The lookup says why it found nothing in the step's log (the Airflow task log)."""
+    caplog.set_level(logging.INFO, logger="llmops_tasks")
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("snapshots")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        env.setenv("LLMOPS_HOME", str(root))
-        env.setenv("LLMOPS_MLFLOW_ARTIFACTS", str(root / "mlartifacts"))
-        env.setenv("LLMOPS_ARTIFACT_ROOT", str(root / "artifacts"))
-        env.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        for name in ("MLFLOW_REGISTRY_URI", "LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID"):
-            env.delenv(name, raising=False)
-        yield root
+def store(module_store):
+    return module_store[0]
 
 
 @pytest.fixture
@@ -44,12 +44,18 @@ def experiment(store, request, monkeypatch) -> str:
 
 def snapshot(store: Path, dag_id: str, run_id: str, rows: int, *, log_artifact: bool = True,
              record_param: bool = True, fail: bool = False) -> dict:
-    """Run the real eda step on ``rows`` sample rows inside DAG run ``run_id`` and log it as the DAG
-    does. ``fail``: the step run ends FAILED after logging its report."""
+    """Run the real eda step on ``rows`` sample rows inside DAG run ``run_id``; it records its MLflow
+    run as in the DAG. The other variants write the report and a run that lacks the artifact, the
+    param, or (``fail``) ends FAILED after logging its report."""
     ctx = RunContext(dag_id, run_id, "eda")
     dataset = store / "data" / dag_id / f"{run_id}.jsonl"
     data.write_jsonl(str(dataset), samples.preference_rows()[:rows])
-    result = eda.run(eda.EdaConfig(dataset=str(dataset), out=ctx.step_dir("eda")))
+    config = eda.EdaConfig(dataset=str(dataset), out=ctx.step_dir("eda"))
+    if log_artifact and record_param and not fail:  # the step records its own run, as in the DAG
+        with temporary_env(ctx.env()):
+            result = eda.run(config)
+        return json.loads(Path(result["report_json"]).read_text(encoding="utf-8"))
+    result = eda.write_reports(config, config.out)  # the report alone; its run is made up below
     params = {"dataset": str(dataset)}
     if record_param:
         params[snapshots.EDA_REPORT_PARAM] = result["report_json"]
@@ -71,7 +77,7 @@ def eda_runs(experiment: str) -> list:
                               order_by=["attributes.start_time ASC"])
 
 
-def test_picks_the_latest_finished_eda_of_an_earlier_dag_run(store, experiment, tmp_path, capsys):
+def test_picks_the_latest_finished_eda_of_an_earlier_dag_run(store, experiment, tmp_path, caplog):
     snapshot(store, DAG, "run-1", 40)
     expected = snapshot(store, DAG, "run-2", 60)
     snapshot(store, DAG, "run-3", 70, fail=True)  # newer, but FAILED
@@ -86,13 +92,13 @@ def test_picks_the_latest_finished_eda_of_an_earlier_dag_run(store, experiment, 
     found = snapshots.previous_eda_run(current)
     assert found.data.tags[tracking.TAG_RUN_ID] == "run-2"
 
-    capsys.readouterr()
+    caplog.clear()
     dest = tmp_path / "eda"
     path = snapshots.previous_eda_report(str(dest), current)
     assert path == f"{dest}/{snapshots.PREVIOUS_EDA_FILE}"
     assert json.loads(Path(path).read_text(encoding="utf-8")) == expected
     assert expected["rows"] == 60
-    log = capsys.readouterr().out
+    log = caplog.text
     assert "comparing with the previous snapshot" in log and "run-2" in log
 
     # what the eda task does with it: the new report carries the change since run-2
@@ -106,17 +112,17 @@ def test_picks_the_latest_finished_eda_of_an_earlier_dag_run(store, experiment, 
     assert (rows["previous"], rows["current"], rows["change"]) == (60, 100, 40)
 
 
-def test_first_run_has_no_previous_snapshot(store, experiment, tmp_path, capsys):
+def test_first_run_has_no_previous_snapshot(store, experiment, tmp_path, caplog):
     current = RunContext(DAG, "run-1", "eda")
     # no experiment at all yet: nothing to compare with, and the lookup creates nothing
     assert snapshots.previous_eda_report(str(tmp_path), current) == ""
     assert tracking.client().get_experiment_by_name(experiment) is None
-    assert "first run" in capsys.readouterr().out
+    assert "first run" in caplog.text
     # the current DAG run's own eda (a retry) is not a previous snapshot
     snapshot(store, DAG, "run-1", 40)
     assert snapshots.previous_eda_run(current) is None
     assert snapshots.previous_eda_report(str(tmp_path), current) == ""
-    assert "first run" in capsys.readouterr().out
+    assert "first run" in caplog.text
     assert not (tmp_path / snapshots.PREVIOUS_EDA_FILE).exists()
 
 
@@ -135,25 +141,25 @@ def test_report_from_the_run_folder_when_mlflow_holds_no_copy(store, experiment,
     assert json.loads(Path(path).read_text(encoding="utf-8")) == expected
 
 
-def test_unreadable_previous_report_is_logged_not_raised(store, experiment, tmp_path, capsys):
+def test_unreadable_previous_report_is_logged_not_raised(store, experiment, tmp_path, caplog):
     snapshot(store, DAG, "run-1", 40, log_artifact=False, record_param=False)
     assert snapshots.previous_eda_report(str(tmp_path), RunContext(DAG, "run-2", "eda")) == ""
-    log = capsys.readouterr().out
+    log = caplog.text
     assert "cannot be read" in log and "reports/eda.json" in log and "no report_json param" in log
     assert not (tmp_path / snapshots.PREVIOUS_EDA_FILE).exists()
 
 
-def test_broken_store_is_logged_not_raised(tmp_path, monkeypatch, capsys):
+def test_broken_store_is_logged_not_raised(tmp_path, monkeypatch, caplog):
     broken = tmp_path / "mlflow.db"
     broken.write_bytes(b"this is not a SQLite database\n" * 100)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{broken}")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     assert snapshots.previous_eda_report(str(tmp_path / "eda"), RunContext(DAG, "run-2", "eda")) == ""
-    assert "searching MLflow failed" in capsys.readouterr().out
+    assert "searching MLflow failed" in caplog.text
 
 
-def test_outside_a_dag_run_there_is_nothing_to_look_up(tmp_path, monkeypatch, capsys):
+def test_outside_a_dag_run_there_is_nothing_to_look_up(tmp_path, monkeypatch, caplog):
     for name in ("LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID"):
         monkeypatch.delenv(name, raising=False)
     assert snapshots.previous_eda_report(str(tmp_path)) == ""
-    assert "not running in a DAG run" in capsys.readouterr().out
+    assert "not running in a DAG run" in caplog.text

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import data, samples
-from llmops_tasks.config import ConfigError
-from llmops_tasks.errors import StepFailed
-from llmops_tasks.split import SplitConfig, normalize, run
+from llmops_tasks.core import data
+from llmops_tasks.core.config import ConfigError
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.local import samples
+from llmops_tasks.split import SplitConfig, run
+from llmops_tasks.text.records import prompt_key
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +52,7 @@ def rows_of(path: str) -> list[dict]:
 
 
 def prompts_of(path: str) -> set[str]:
-    return {normalize(row["prompt"]) for row in rows_of(path)}
+    return {prompt_key(row["prompt"]) for row in rows_of(path)}
 
 
 def test_same_input_gives_byte_identical_outputs(dataset, tmp_path):
@@ -98,7 +100,7 @@ def test_case_and_whitespace_variants_of_a_prompt_stay_on_one_side(tmp_path):
     side = {}
     for name in ("train_preference", "eval"):
         for row in rows_of(result[name]):
-            side.setdefault(normalize(row["prompt"]), set()).add(name)
+            side.setdefault(prompt_key(row["prompt"]), set()).add(name)
     assert len(side) == len(rows)  # the variants collapse onto the original prompts
     assert all(len(sides) == 1 for sides in side.values()), [p for p, s in side.items() if len(s) > 1]
     assert result["train_rows"] + result["eval_rows"] == 4 * len(rows)

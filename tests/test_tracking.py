@@ -14,17 +14,14 @@ import time
 
 import pytest
 
-from llmops_tasks import tracking
+from llmops_tasks.core import tracking
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(autouse=True)
-def mlflow_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("LLMOPS_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
-    for key in ("LLMOPS_DAG_ID", "LLMOPS_RUN_ID", "LLMOPS_TASK_ID"):
-        monkeypatch.delenv(key, raising=False)
+def _own_store(mlflow_store):
+    """Every test here gets a fresh MLflow store (conftest's mlflow_store)."""
 
 
 def _wait_for_status(run_id: str, timeout: float = 60) -> str:
@@ -76,9 +73,8 @@ def _get_missing_run(run_id: str):  # a module-level function: the logging proce
 def test_a_run_that_cannot_be_created_fails_before_training(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://tracking")
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match="MLflow: .*nosuchscheme"):
-        with tracking.background_step_run("train-sft") as run:
-            run.run_id  # noqa: B018
+    with pytest.raises(RuntimeError, match="MLflow: .*nosuchscheme"), tracking.background_step_run("train-sft") as run:
+        run.run_id  # noqa: B018
     assert time.monotonic() - started < 60
 
 
@@ -87,7 +83,7 @@ def test_a_killed_step_leaves_its_run_failed_not_running(tmp_path):
     script = tmp_path / "step.py"
     script.write_text(textwrap.dedent("""
         import os, signal
-        from llmops_tasks import tracking
+        from llmops_tasks.core import tracking
 
         if __name__ == "__main__":
             with tracking.background_step_run("train-sft") as run:
@@ -104,7 +100,7 @@ def test_a_killed_step_leaves_its_run_failed_not_running(tmp_path):
 def test_processes_opening_a_new_sqlite_store_at_once_do_not_race(tmp_path, monkeypatch):
     """MLflow migrates a new SQLite database on first open; the lock lets only one process do it."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}")
-    code = "from llmops_tasks import tracking; print(tracking.experiment_id())"
+    code = "from llmops_tasks.core import tracking; print(tracking.experiment_id())"
     processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True, env=os.environ.copy()) for _ in range(3)]
     outcomes = [p.communicate(timeout=180) for p in processes]

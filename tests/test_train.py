@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import bootstrap, data, samples, split, train
+from llmops_tasks import split, train
 from llmops_tasks.cli import main
-from llmops_tasks.config import ConfigError, load
+from llmops_tasks.core import data, settings
+from llmops_tasks.core.config import ConfigError, load
+from llmops_tasks.local import bootstrap, samples
 
 pytestmark = [pytest.mark.integration]
 QUIET = ["--log-model", "false", "--system-metrics-interval", "0"]  # MLflow extras checked in test_training_methods
@@ -52,9 +54,10 @@ def _cli(args: list[str], capsys, tmp_path_factory=None) -> dict:
 
 def test_sft_learns_and_logs_to_mlflow(workdir, tmp_path, capsys):
     out_dir = tmp_path / "sft"
-    result = _cli(["train", "sft", "--config", bootstrap.packaged_recipe("sft_tiny.yaml"),
+    result = _cli(["train", "sft", "--config", settings.packaged_recipe("sft_tiny.yaml"),
                    "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-                   "--output-dir", str(out_dir), "--set", "max_steps=40", "--set", "save_steps=20"], capsys)
+                   "--output-dir", str(out_dir), "--set", "trainer.max_steps=40", "--set", "trainer.save_steps=20"],
+                  capsys)
     assert result["global_step"] == 40
     history = json.loads((out_dir / "checkpoints" / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
     losses = [e["loss"] for e in history if "loss" in e]
@@ -63,10 +66,12 @@ def test_sft_learns_and_logs_to_mlflow(workdir, tmp_path, capsys):
 
     assert AutoModelForCausalLM.from_pretrained(result["model_dir"]).num_parameters() > 0
 
-    from llmops_tasks import tracking
+    from llmops_tasks.core import tracking
 
     run = tracking.client().get_run(result["mlflow_run_id"])
+    # the effective TRL settings are the run's parameters, under their TRL names: recipe, --set and house layer
     assert run.data.params["max_steps"] == "40" and run.data.params["method"] == "sft"
+    assert run.data.params["learning_rate"] == "0.003" and run.data.params["disable_tqdm"] == "True"
     assert "loss" in run.data.metrics and "train_loss" in run.data.metrics
     assert run.info.status == "FINISHED"
     # full fine-tuning: the weights themselves are the model logged on the run
@@ -77,17 +82,17 @@ def test_sft_learns_and_logs_to_mlflow(workdir, tmp_path, capsys):
 
 def test_rerun_with_same_config_is_reused(workdir, tmp_path, capsys):
     args = ["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-            "--output-dir", str(tmp_path / "sft"), "--max-steps", "4", "--save-steps", "2", *QUIET]
+            "--output-dir", str(tmp_path / "sft"), "--trainer", "max_steps=4", "--trainer", "save_steps=2", *QUIET]
     first = _cli(args, capsys)
     second = _cli(args, capsys)
     assert second["reused"] is True and second["model_dir"] == first["model_dir"]
 
 
 def test_dpo_with_lora_trains_an_adapter(workdir, tmp_path, capsys):
-    result = _cli(["train", "dpo", "--config", bootstrap.packaged_recipe("dpo_tiny.yaml"),
+    result = _cli(["train", "dpo", "--config", settings.packaged_recipe("dpo_tiny.yaml"),
                    "--base-model", workdir["base"], "--train-data", workdir["train_preference"],
-                   "--output-dir", str(tmp_path / "dpo"), "--lora", "--set", "max_steps=6",
-                   "--set", "save_steps=3", *QUIET], capsys)
+                   "--output-dir", str(tmp_path / "dpo"), "--model", "use_peft=true", "--set", "trainer.max_steps=6",
+                   "--set", "trainer.save_steps=3", *QUIET], capsys)
     assert result["method"] == "dpo" and result["global_step"] == 6
     assert (Path(result["adapter_dir"]) / "adapter_config.json").is_file()
     assert (Path(result["model_dir"]) / "config.json").is_file()  # merged weights for evaluation
@@ -97,14 +102,14 @@ def test_retry_resumes_from_last_complete_checkpoint(workdir, tmp_path, capsys):
     """A half-written checkpoint (no trainer_state.json) is never picked; the complete one is."""
     out_dir = tmp_path / "resume"
     args = ["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-            "--output-dir", str(out_dir), "--save-steps", "4", *QUIET]
-    _cli(args + ["--max-steps", "4"], capsys)
+            "--output-dir", str(out_dir), "--trainer", "save_steps=4", *QUIET]
+    _cli(args + ["--trainer", "max_steps=4"], capsys)
     (out_dir / "result.json").unlink()  # as if the process died right after checkpoint-4
     partial = out_dir / "checkpoints" / "checkpoint-6"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"truncated")
     assert train.last_complete_checkpoint(out_dir / "checkpoints").endswith("checkpoint-4")
-    result = _cli(args + ["--max-steps", "8"], capsys)
+    result = _cli(args + ["--trainer", "max_steps=8"], capsys)
     assert result["resumed_from"].endswith("checkpoint-4")
     assert result["global_step"] == 8
 
@@ -115,7 +120,7 @@ def test_bad_training_data_is_a_clear_failure(workdir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "llmops_tasks", "train", "sft", "--base-model", workdir["base"],
          "--train-data", str(bad), "--output-dir", str(tmp_path / "out")],
-        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        check=False, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 1
     assert "line 1 lacks column(s) completion" in proc.stderr
@@ -124,16 +129,18 @@ def test_bad_training_data_is_a_clear_failure(workdir, tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("recipe", sorted(Path(bootstrap.__file__).with_name("recipes").glob("*.yaml")),
+@pytest.mark.parametrize("recipe", sorted([*(settings.PACKAGE_DIR / "recipes").glob("*.yaml"),
+                                            *(settings.PACKAGE_DIR / "policies").glob("*.yaml")]),
                          ids=lambda p: p.name)
 def test_every_shipped_recipe_parses(recipe):
     """Recipes go stale when a setting is renamed; each must load into its step's config."""
     from llmops_tasks import evaluate, gate, validate
 
-    by_prefix = {**{method: train.TrainConfig for method in train.METHODS}, "evaluate": evaluate.EvaluateConfig,
-                 "gate": gate.GateConfig, "validate": validate.ValidateConfig}
+    by_prefix = {**{method: train.config_class(method) for method in train.METHODS},
+                 "evaluate": evaluate.EvaluateConfig, "gate": gate.GateConfig, "validate": validate.ValidateConfig}
     config_cls = by_prefix[recipe.name.split("_")[0].removesuffix(".yaml")]
-    required = {"base_model": "x", "train_data": "x"} if config_cls is train.TrainConfig else {}
+    # a train recipe's trainer:/model:/reward_trainer: sections are checked against the method's TRL classes
+    required = {"base_model": "x", "train_data": "x"} if issubclass(config_cls, train.TrainConfig) else {}
     required.update({"dataset": "x"} if config_cls is validate.ValidateConfig else {})
     values = {k: v for k, v in required.items() if k not in data_keys(recipe)}
     load(config_cls, recipe, values)
@@ -142,7 +149,7 @@ def test_every_shipped_recipe_parses(recipe):
 @pytest.mark.unit
 def test_every_method_has_a_tiny_recipe():
     """The DAG falls back to ``{method}_tiny.yaml``; a method without one would fail at run time."""
-    recipes = Path(bootstrap.__file__).with_name("recipes")
+    recipes = settings.PACKAGE_DIR / "recipes"
     assert all((recipes / f"{method}_tiny.yaml").is_file() for method in train.METHODS)
 
 
@@ -155,6 +162,225 @@ def data_keys(recipe: Path) -> set[str]:
 @pytest.mark.unit
 def test_invalid_settings_are_named():
     with pytest.raises(ConfigError, match="max_steps must be a positive integer"):
-        load(train.TrainConfig, None, {"base_model": "m", "train_data": "d", "max_steps": 0})
+        load(train.config_class("sft"), None, {"base_model": "m", "train_data": "d", "trainer": {"max_steps": 0}})
     with pytest.raises(ConfigError, match="unknown setting.*epochs"):
-        load(train.TrainConfig, None, {"base_model": "m", "train_data": "d", "epochs": 3})
+        load(train.config_class("sft"), None, {"base_model": "m", "train_data": "d", "epochs": 3})
+
+
+# --------------------------------------------------------------------------------------------
+# trainer: / model: sections: any TRL field from a recipe or the command line, checked at load
+
+
+def _config(method: str, **values):
+    return load(train.config_class(method), None, {"base_model": "m", "train_data": "d", "output_dir": "/tmp/x",
+                                                   **values})
+
+
+class Captured(Exception):
+    """Raised by a trainer in place of training: the test has what it needed."""
+
+
+@pytest.fixture
+def capture_trainer(monkeypatch):
+    """Swap a TRL trainer class for a subclass that keeps the built trainer and stops before training.
+    train() looks the class up when it builds the trainer, so the real CLI path is exercised."""
+    import importlib
+
+    built: dict = {}
+
+    def capture(method: str) -> dict:
+        module_name, _, trainer_name = train.TRL_CLASSES[method]
+        module = importlib.import_module(module_name)
+
+        class Capturing(getattr(module, trainer_name)):
+            def train(self, *args, **kwargs):
+                built["trainer"] = self
+                raise Captured
+
+        monkeypatch.setattr(module, trainer_name, Capturing)
+        return built
+
+    return capture
+
+
+@pytest.mark.parametrize(("method", "args", "expected"), [
+    ("sft", ["--set", "trainer.weight_decay=0.01", "--trainer", "warmup_steps=0.1", "--trainer", "packing=true",
+             "--set", "trainer.max_grad_norm=0.5"],
+     {"weight_decay": 0.01, "warmup_steps": 0.1, "packing": True, "max_grad_norm": 0.5,
+      "learning_rate": 3e-3, "max_steps": 120, "completion_only_loss": True}),  # sft_tiny.yaml's
+    ("dpo", ["--set", "trainer.label_smoothing=0.1", "--set", "trainer.loss_type=sigmoid,sft",
+             "--set", "trainer.loss_weights=1,0.5", "--set", "trainer.lr_scheduler_type=constant_with_warmup"],
+     {"label_smoothing": 0.1, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5],
+      "lr_scheduler_type": "constant_with_warmup", "beta": 0.1, "max_length": 128}),
+    ("grpo", ["--set", "trainer.num_iterations=2", "--set", "trainer.epsilon=0.3"],
+     {"num_iterations": 2, "epsilon": 0.3, "num_generations": 4, "max_completion_length": 24, "beta": 0.0}),
+])
+def test_any_trl_field_reaches_the_config_the_trainer_is_built_with(workdir, tmp_path, capsys, capture_trainer,
+                                                                      method, args, expected):
+    """Recipe, --set trainer.X and --trainer X=... all land on the TRL config object the real trainer gets."""
+    built = capture_trainer(method)
+    data_key = "train_sft" if method == "sft" else "train_preference"
+    extra = ["--reward-model", workdir["base"]] if method in train.RL_METHODS else []  # no reward training first
+    with pytest.raises(Captured):
+        main(["train", method, "--config", settings.packaged_recipe(f"{method}_tiny.yaml"),
+              "--base-model", workdir["base"], "--train-data", workdir[data_key], "--output-dir", str(tmp_path / "o"),
+              *extra, *QUIET, *args])
+    trainer_args = built["trainer"].args
+    assert type(trainer_args) is train.trl_config_class(method)
+    for key, value in expected.items():
+        actual = getattr(trainer_args, key)
+        actual = actual.value if hasattr(actual, "value") else actual  # enums
+        assert actual == pytest.approx(value) if isinstance(value, float) else actual == value, key
+    assert trainer_args.output_dir == str(tmp_path / "o" / "checkpoints")
+    assert trainer_args.activation_checkpointing is False and trainer_args.save_total_limit == 2  # house layer
+    assert trainer_args.report_to == []
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("method", "section", "key", "expected"), [
+    ("dpo", "trainer", "weight_decay", 0.05),
+    ("dpo", "trainer", "label_smoothing", 0.2),
+    ("sft", "trainer", "packing", True),
+    ("grpo", "trainer", "num_iterations", 3),
+    ("rloo", "trainer", "num_iterations", 2),
+    ("kto", "trainer", "desirable_weight", 1.5),
+    ("orpo", "trainer", "max_completion_length", 48),
+    ("reward", "trainer", "center_rewards_coefficient", 0.01),
+])
+def test_a_recipe_sets_an_arbitrary_trl_field(tmp_path, method, section, key, expected):
+    """Without training: the recipe's value is on the TRL config object train() builds for the trainer."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"base_model: m\ntrain_data: d\n{section}:\n  {key}: {str(expected).lower()}\n")
+    config = load(train.config_class(method), path)
+    args = train.trainer_args(config, method, tmp_path / "checkpoints")
+    assert type(args).__name__ == train.TRL_CLASSES[method][1]
+    assert getattr(args, key) == expected
+    assert args.learning_rate == train.HOUSE_TRAINER["learning_rate"]  # the house layer under it
+
+
+@pytest.mark.unit
+def test_text_from_the_command_line_takes_the_trl_field_type():
+    config = _config("dpo", trainer={"learning_rate": "3e-3", "loss_type": "sigmoid,sft", "loss_weights": "1,0.5",
+                                     "max_length": "null", "report_to": "none", "save_steps": "10",
+                                     "gradient_checkpointing_kwargs": "{use_reentrant: false}",
+                                     "lr_scheduler_type": "cosine_with_min_lr", "bf16": "false"})
+    assert config.trainer == {"learning_rate": 3e-3, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5],
+                              "max_length": None, "report_to": "none", "save_steps": 10,
+                              "gradient_checkpointing_kwargs": {"use_reentrant": False},
+                              "lr_scheduler_type": "cosine_with_min_lr", "bf16": False}
+    with pytest.raises(ConfigError, match=r"trainer\.learning_rate: expected a number, got 'fast'"):
+        _config("dpo", trainer={"learning_rate": "fast"})
+    with pytest.raises(ConfigError, match=r"trainer\.lr_scheduler_type: expected one of linear, cosine.*got 'cosin'"):
+        _config("dpo", trainer={"lr_scheduler_type": "cosin"})
+    with pytest.raises(ConfigError, match=r"model\.dtype: expected one of auto, bfloat16, float16, float32"):
+        _config("dpo", model={"dtype": "fp8"})
+
+
+@pytest.mark.unit
+def test_a_wrong_trainer_key_is_a_named_error_at_load_time(capsys):
+    """Exit 2 before any data or model is touched (neither exists here), naming the key and the TRL class."""
+    assert main(["train", "dpo", "--set", "trainer.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error" in err and "nope" in err and "trl.DPOConfig" in err
+    assert "known settings are:" in err and "rpo_alpha" not in err and "label_smoothing" in err
+    with pytest.raises(ConfigError, match=r"learnin_rate: did you mean learning_rate\?.*help\(trl\.DPOConfig\)"):
+        _config("dpo", trainer={"learnin_rate": 1e-3})
+    with pytest.raises(ConfigError, match=r"unknown trainer setting\(s\) num_generations for trl\.DPOConfig"):
+        _config("dpo", trainer={"num_generations": 4})  # a GRPO field: not DPO's
+    with pytest.raises(ConfigError, match=r"unknown model setting\(s\) lora_rank for trl\.ModelConfig.*lora_r"):
+        _config("sft", model={"lora_rank": 8})
+    with pytest.raises(ConfigError, match=r"trainer\.output_dir is the pipeline's: the top-level output_dir"):
+        _config("sft", trainer={"output_dir": "/elsewhere"})
+    with pytest.raises(ConfigError, match=r"model\.model_name_or_path is the pipeline's: set the top-level base_model"):
+        _config("sft", model={"model_name_or_path": "x"})
+    with pytest.raises(ConfigError, match=r"reward_trainer sets the reward model grpo and rloo train first"):
+        _config("dpo", reward_trainer={"max_length": 64})
+
+
+@pytest.mark.unit
+def test_a_recipe_with_a_stale_trainer_key_does_not_parse(tmp_path):
+    """What test_every_shipped_recipe_parses relies on: a key TRL renamed fails the load of its recipe."""
+    path = tmp_path / "dpo_stale.yaml"
+    path.write_text("trainer:\n  evaluation_strategy: steps\n")  # transformers' old name of eval_strategy
+    with pytest.raises(ConfigError, match=r"evaluation_strategy: did you mean eval_strategy"):
+        load(train.config_class("dpo"), path, {"base_model": "x", "train_data": "x"})
+    path.write_text("max_steps: 10\n")  # a trainer setting at the top level, as recipes had them before
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) max_steps for DPOTrainConfig.*trainer"):
+        load(train.config_class("dpo"), path, {"base_model": "x", "train_data": "x"})
+
+
+@pytest.mark.unit
+def test_the_house_layer_never_overrides_what_a_recipe_sets():
+    house = train.trainer_settings(_config("sft"), "sft")
+    assert {k: house[k] for k in train.HOUSE_TRAINER} == train.HOUSE_TRAINER
+    assert house["completion_only_loss"] is True and house["data_seed"] == 42
+    assert "num_generations" not in house  # an RL default, not SFT's
+    recipe = {"learning_rate": 1e-5, "seed": 7, "logging_steps": 1}
+    given = train.trainer_settings(_config("sft", trainer=recipe), "sft")
+    assert (given["learning_rate"], given["seed"], given["data_seed"], given["logging_steps"]) == (1e-5, 7, 7, 1)
+    # a house value steps aside for what the recipe set in its place
+    epochs = train.trainer_settings(_config("sft", trainer={"num_train_epochs": 2}), "sft")
+    assert "max_steps" not in epochs and epochs["num_train_epochs"] == 2
+    checkpointing = train.trainer_settings(_config("sft", trainer={"gradient_checkpointing": True}), "sft")
+    assert "activation_checkpointing" not in checkpointing
+    assert train.trainer_args(_config("sft", trainer={"gradient_checkpointing": True}), "sft",
+                              Path("/tmp/x")).activation_checkpointing is True
+    rl = train.trainer_settings(_config("grpo"), "grpo")
+    assert "max_length" not in rl and (rl["num_generations"], rl["max_completion_length"], rl["beta"]) == (4, 32, 0.1)
+
+
+@pytest.mark.unit
+def test_rl_reward_model_takes_the_shared_trainer_settings_then_its_own():
+    config = _config("grpo", trainer={"learning_rate": 1e-4, "num_generations": 2, "save_steps": 5},
+                     reward_max_steps=7, reward_trainer={"max_length": 64, "learning_rate": 1e-3},
+                     model={"use_peft": True, "lora_r": 4})
+    reward = train._reward_config(config, Path("/tmp/out"))
+    assert type(reward) is train.config_class("reward") and reward.output_dir == "/tmp/out/reward"
+    assert reward.trainer == {"learning_rate": 1e-3, "save_steps": 5, "max_steps": 7, "max_length": 64}
+    peft = train.model_config(reward, "reward")
+    assert (peft.use_peft, peft.lora_r, peft.lora_task_type) == (True, 4, "SEQ_CLS")
+    assert train.model_config(config, "grpo").lora_task_type == "CAUSAL_LM"
+    with pytest.raises(ConfigError, match="reward_max_steps and reward_trainer.max_steps both set"):
+        _config("grpo", reward_max_steps=7, reward_trainer={"max_steps": 3})
+
+
+@pytest.mark.unit
+def test_model_section_feeds_trls_peft_helper():
+    from trl import get_peft_config
+
+    peft = get_peft_config(train.model_config(_config("dpo", model={"use_peft": True, "use_dora": True}), "dpo"))
+    assert (peft.r, peft.lora_alpha, peft.target_modules, peft.task_type, peft.use_dora) == (
+        8, 16, "all-linear", "CAUSAL_LM", True)  # house r/alpha/targets, the recipe's DoRA
+    reward = train.model_config(_config("reward", model={"use_peft": True}), "reward")
+    assert get_peft_config(reward).task_type == "SEQ_CLS"
+    assert get_peft_config(train.model_config(_config("sft"), "sft")) is None
+    with pytest.raises(ConfigError, match="lora_task_type must be SEQ_CLS"):
+        _config("reward", model={"use_peft": True, "lora_task_type": "CAUSAL_LM"})
+    with pytest.raises(ConfigError, match="8 bit and 4 bit"):
+        _config("sft", model={"use_peft": True, "load_in_4bit": True, "load_in_8bit": True})
+
+
+def test_trls_own_checks_run_before_the_data_is_read(tmp_path, capsys):
+    """bf16 on a CPU: transformers refuses it when the trainer's config is built, which is before
+    train_data is read (a missing file would otherwise be exit 1)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("bf16 is refused only where no GPU supports it")
+    code = main(["train", "sft", "--base-model", "m", "--train-data", str(tmp_path / "missing.jsonl"),
+                 "--output-dir", str(tmp_path / "o"), "--set", "trainer.bf16=true", *QUIET])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "trl.SFTConfig refused the trainer settings" in err and "bf16" in err
+
+
+@pytest.mark.unit
+def test_a_recipe_written_before_the_trainer_section_says_where_each_key_went(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("max_steps: 10\nlora: true\nlearning_rate: 1.0e-5\n")
+    with pytest.raises(ConfigError) as error:
+        load(train.config_class("dpo"), recipe, {"base_model": "m", "train_data": "d"})
+    message = str(error.value)
+    for old, new in (("max_steps", "trainer.max_steps"), ("lora", "model.use_peft"),
+                     ("learning_rate", "trainer.learning_rate")):
+        assert f"{old} is now {new}" in message

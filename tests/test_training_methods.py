@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import bootstrap, data, samples, split, train
+from llmops_tasks import split, train
 from llmops_tasks.cli import main
-from llmops_tasks.config import ConfigError, load
+from llmops_tasks.core import data
+from llmops_tasks.core.config import ConfigError, load
+from llmops_tasks.local import bootstrap, samples
 
 pytestmark = [pytest.mark.integration]
 
 # the smallest settings that still exercise each trainer end to end
-FAST = ["--max-steps", "2", "--save-steps", "2", "--logging-steps", "1", "--per-device-train-batch-size", "4",
-        "--max-length", "64", "--system-metrics-interval", "0", "--log-model", "false"]
-RL_FAST = ["--num-generations", "2", "--max-completion-length", "8", "--reward-max-steps", "1"]
+FAST = ["--trainer", "max_steps=2", "--trainer", "save_steps=2", "--trainer", "logging_steps=1",
+        "--trainer", "per_device_train_batch_size=4", "--system-metrics-interval", "0", "--log-model", "false"]
+SHORT = ["--trainer", "max_length=64"]  # the methods whose TRL config has a max_length
+# GRPOConfig/RLOOConfig have no max_length: the reward model trained first has it
+RL_FAST = ["--trainer", "num_generations=2", "--trainer", "max_completion_length=8", "--reward-max-steps", "1",
+           "--reward-trainer", "max_length=64"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,7 @@ def test_rlhf_reward_model_then_grpo_and_rloo_against_it(workdir, tmp_path, caps
     ``rloo`` is given that reward model by path and trains against it without training another."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from llmops_tasks import tracking
+    from llmops_tasks.core import tracking
 
     grpo = run_cli(["train", "grpo", *preference_args(workdir, tmp_path / "grpo"), *FAST, *RL_FAST], capsys)
     assert grpo["method"] == "grpo" and grpo["global_step"] == 2
@@ -85,17 +90,17 @@ def test_rlhf_reward_model_then_grpo_and_rloo_against_it(workdir, tmp_path, caps
 
 @pytest.mark.parametrize("method", ["kto", "orpo"])
 def test_unpaired_and_reference_free_methods(workdir, tmp_path, capsys, method):
-    result = run_cli(["train", method, *preference_args(workdir, tmp_path / method), *FAST], capsys)
+    result = run_cli(["train", method, *preference_args(workdir, tmp_path / method), *FAST, *SHORT], capsys)
     assert result["method"] == method and result["global_step"] == 2
     history = json.loads((tmp_path / method / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert any("loss" in entry for entry in history["log_history"])
 
 
 def test_dpo_combines_loss_variants_with_weights(workdir, tmp_path, capsys):
-    result = run_cli(["train", "dpo", *preference_args(workdir, tmp_path / "dpo"), *FAST,
-                      "--loss-type", "sigmoid,sft", "--loss-weights", "1.0,0.5"], capsys)
+    result = run_cli(["train", "dpo", *preference_args(workdir, tmp_path / "dpo"), *FAST, *SHORT,
+                      "--set", "trainer.loss_type=sigmoid,sft", "--set", "trainer.loss_weights=1.0,0.5"], capsys)
     assert result["global_step"] == 2
-    from llmops_tasks import tracking
+    from llmops_tasks.core import tracking
 
     params = tracking.client().get_run(result["mlflow_run_id"]).data.params
     assert params["loss_type"] == "['sigmoid', 'sft']" and params["loss_weights"] == "[1.0, 0.5]"
@@ -106,12 +111,12 @@ def test_train_run_carries_system_metrics_and_the_final_model(workdir, tmp_path,
     logged as a loadable model with the base model's name and explicit pip requirements."""
     import mlflow
 
-    from llmops_tasks import tracking
+    from llmops_tasks.core import tracking
 
     result = run_cli(["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-                      "--output-dir", str(tmp_path / "sft"), "--max-steps", "6", "--save-steps", "3",
-                      "--logging-steps", "1", "--per-device-train-batch-size", "4", "--max-length", "64",
-                      "--system-metrics-interval", "0.5", "--lora"], capsys)
+                      "--output-dir", str(tmp_path / "sft"), "--trainer", "max_steps=6", "--trainer", "save_steps=3",
+                      "--trainer", "logging_steps=1", "--trainer", "per_device_train_batch_size=4", *SHORT,
+                      "--system-metrics-interval", "0.5", "--model", "use_peft=true"], capsys)
     mlflow_client = tracking.client()
     run = mlflow_client.get_run(result["mlflow_run_id"])
     assert len(mlflow_client.get_metric_history(run.info.run_id, "loss")) == 6
@@ -148,23 +153,24 @@ def test_more_processes_than_gpus_is_a_configuration_error(workdir, tmp_path):
 
 def test_qlora_without_cuda_is_a_configuration_error(workdir, tmp_path, capsys):
     code = main(["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-                 "--output-dir", str(tmp_path / "q"), "--lora", "--load-in-4bit"])
+                 "--output-dir", str(tmp_path / "q"), "--model", "use_peft=true", "--model", "load_in_4bit=true"])
     assert code == 2
     assert "load_in_4bit (QLoRA) needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()  # refused before anything was written
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize(("values", "message"), [
-    ({"loss_type": "sigmoid,bogus"}, "unknown loss_type bogus"),
-    ({"loss_type": "sigmoid,ipo", "loss_weights": "1.0"}, "loss_weights has 1 values for 2 loss_type"),
-    ({"load_in_4bit": True}, "set lora: true as well"),
-    ({"num_processes": 0}, "num_processes must be a positive integer"),
-    ({"num_generations": 0}, "num_generations must be a positive integer"),
+@pytest.mark.parametrize(("method", "values", "message"), [
+    ("dpo", {"trainer": {"loss_type": "sigmoid,bogus"}}, "unknown loss_type bogus"),
+    ("dpo", {"trainer": {"loss_type": "sigmoid,ipo", "loss_weights": "1.0"}},
+     "loss_weights has 1 values for 2 loss_type"),
+    ("sft", {"model": {"load_in_4bit": True}}, "set model.use_peft: true as well"),
+    ("sft", {"num_processes": 0}, "num_processes must be a positive integer"),
+    ("grpo", {"trainer": {"num_generations": 0}}, "num_generations must be a positive integer"),
 ])
-def test_invalid_method_settings_are_named(values, message):
+def test_invalid_method_settings_are_named(method, values, message):
     with pytest.raises(ConfigError, match=message):
-        load(train.TrainConfig, None, {"base_model": "m", "train_data": "d", **values})
+        load(train.config_class(method), None, {"base_model": "m", "train_data": "d", **values})
 
 
 @pytest.mark.gpu
@@ -175,7 +181,8 @@ def test_two_gpu_launch_trains_sft(workdir, tmp_path, capsys):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs")
     result = run_cli(["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-                      "--output-dir", str(tmp_path / "ddp"), "--max-steps", "4", "--num-processes", "2"], capsys)
+                      "--output-dir", str(tmp_path / "ddp"), "--trainer", "max_steps=4", "--num-processes", "2"],
+                     capsys)
     assert result["global_step"] == 4
 
 
@@ -187,5 +194,6 @@ def test_qlora_trains_on_cuda(workdir, tmp_path, capsys):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     result = run_cli(["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
-                      "--output-dir", str(tmp_path / "qlora"), "--max-steps", "2", "--lora", "--load-in-4bit"], capsys)
+                      "--output-dir", str(tmp_path / "qlora"), "--trainer", "max_steps=2", "--model", "use_peft=true",
+                      "--model", "load_in_4bit=true"], capsys)
     assert result["global_step"] == 2

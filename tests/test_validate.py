@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from llmops_tasks import config as config_module
-from llmops_tasks import samples
-from llmops_tasks.config import ConfigError
-from llmops_tasks.errors import StepFailed
+from llmops_tasks.core import config as config_module
+from llmops_tasks.core.config import ConfigError
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.local import samples
 from llmops_tasks.validate import ValidateConfig, run
 
 pytestmark = pytest.mark.unit
 
-RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "recipes" / "validate_preference.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "policies" / "validate_preference.yaml"
 # The console-script entry point, run as a real process: same code path as `llmops validate ...`.
 CLI = [sys.executable, "-c", "import sys; from llmops_tasks.cli import main; sys.exit(main())"]
 
@@ -72,7 +72,10 @@ def test_sample_data_set_is_valid(sample_path, tmp_path):
 def test_same_input_gives_the_same_report(sample_path, tmp_path):
     first = validate(sample_path, tmp_path)
     text = Path(first["report"]).read_text()
-    assert validate(sample_path, tmp_path) == first
+    again = validate(sample_path, tmp_path)
+    # Each attempt is its own MLflow step run; everything else is the same.
+    assert again.pop("mlflow_run_url") != first.pop("mlflow_run_url")
+    assert again == first
     assert Path(first["report"]).read_text() == text
 
 
@@ -321,7 +324,7 @@ def test_length_bias_and_prompt_duplication_are_reported(tmp_path):
 
 
 def test_token_rule_counts_with_the_configured_tokenizer(tmp_path):
-    from llmops_tasks.bootstrap import train_tokenizer
+    from llmops_tasks.local.bootstrap import train_tokenizer
 
     tokenizer = train_tokenizer(samples.corpus_text()[:40], vocab_size=300)
     tokenizer.save_pretrained(tmp_path / "tok")
@@ -361,11 +364,11 @@ AWKWARD_TEXTS = [
 
 
 def _reference(text: str) -> dict:
-    from llmops_tasks import pii
-    from llmops_tasks.validate import _BAD_UTF8, _CONTROL, normalize
+    from llmops_tasks.text import pii
+    from llmops_tasks.text.records import BAD_UTF8, CONTROL, normalize
 
-    return {"chars": len(text), "blank": not text.strip(), "control_chars": _CONTROL.search(text) is not None,
-            "valid_utf8": _BAD_UTF8.search(text) is None, "words": len(text.split()), "pii": pii.kinds_in(text),
+    return {"chars": len(text), "blank": not text.strip(), "control_chars": CONTROL.search(text) is not None,
+            "valid_utf8": BAD_UTF8.search(text) is None, "words": len(text.split()), "pii": pii.kinds_in(text),
             "normalized": normalize(text)}
 
 
@@ -374,8 +377,8 @@ def test_column_measures_equal_their_row_definitions(via):
     import pandas as pd
     import pyarrow as pa
 
-    from llmops_tasks import data
-    from llmops_tasks.validate import TextColumn, text_keys
+    from llmops_tasks.core import data
+    from llmops_tasks.text.columns import TextColumn, text_keys
 
     texts = list(AWKWARD_TEXTS)
     if via == "records":  # the row-by-row reader; a lone surrogate (a JSON \ud800 escape) cannot be Arrow text
@@ -406,8 +409,9 @@ def test_byte_level_measures_equal_their_row_definitions_on_random_ascii():
 
     import pyarrow as pa
 
-    from llmops_tasks import data
-    from llmops_tasks.validate import _CONTROL, TextColumn, normalize, text_keys
+    from llmops_tasks.core import data
+    from llmops_tasks.text.columns import TextColumn, text_keys
+    from llmops_tasks.text.records import CONTROL, normalize
 
     rng = random.Random(3)
     texts = ["".join(rng.choice("aZ09 _-.,\t\n!'\x07\x1c\x7f\r") for _ in range(rng.randint(0, 24)))
@@ -417,12 +421,12 @@ def test_byte_level_measures_equal_their_row_definitions_on_random_ascii():
     assert column.all_ascii  # the byte-level paths
     assert column.normalized_keys().tolist() == text_keys([normalize(t) for t in texts]).tolist()
     assert column.word_counts().tolist() == [len(t.split()) for t in texts]
-    assert column.control_chars().tolist() == [_CONTROL.search(t) is not None for t in texts]
+    assert column.control_chars().tolist() == [CONTROL.search(t) is not None for t in texts]
     assert column.blank().tolist() == [not t.strip() for t in texts]
 
 
 def test_column_wise_reader_gives_the_rows_and_errors_of_the_line_reader(tmp_path):
-    from llmops_tasks import data
+    from llmops_tasks.core import data
 
     lines = [json.dumps({"id": i, "prompt": f"p{i} ünï", "chosen": "c", "rejected": "r"}) for i in range(7)]
     lines[2] = "  " + lines[2] + "\r"  # leading blanks and a CRLF ending
@@ -456,6 +460,6 @@ def test_column_wise_reader_gives_the_rows_and_errors_of_the_line_reader(tmp_pat
 
 
 def test_whitespace_is_what_str_split_uses():
-    from llmops_tasks.validate import WHITESPACE
+    from llmops_tasks.text.columns import WHITESPACE
 
     assert WHITESPACE == "".join(chr(c) for c in range(0x110000) if chr(c).isspace())

@@ -54,7 +54,7 @@ CurrentUser = Annotated[Any, Depends(current_user)]
 
 
 def _artifact_root() -> Path:
-    from llmops_tasks import settings
+    from llmops_tasks.core import settings
 
     return Path(settings.artifact_root()).resolve()
 
@@ -69,7 +69,7 @@ def _mlflow_ui() -> str:
 
 def registry_overview() -> list[dict]:
     """Each registered model with its aliases and latest versions (tags hold gate and approval)."""
-    from llmops_tasks import tracking
+    from llmops_tasks.core import tracking
 
     client = tracking.client()
     models = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from llmops_tasks.settings import RunContext
+from llmops_tasks.core.settings import RunContext
 
 
 def bind_run_context(context=None) -> RunContext:

@@ -20,7 +20,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from llmops_tasks.settings import temporary_env
+from llmops_tasks.core.settings import temporary_env
 
 CONN_ID = "mlflow_default"
 TRACKING_URI = "MLFLOW_TRACKING_URI"

@@ -1,48 +1,42 @@
 """The ``llmops`` Airflow plugin: what the API server needs to show our tasks.
 
-Registered through the ``airflow.plugins`` entry point, so every Airflow component imports this
-module; it imports only the plugin and operator-link bases, never the operators themselves.
+Registered through the ``airflow.plugins`` entry point, and nothing else imports it. Every
+Airflow component loads the plugins — the scheduler and the DAG processor when they start (for
+listeners), each task process (for macros) — but only the API server reads a plugin's
+``fastapi_apps`` and ``external_views`` (``airflow.api_fastapi.app.init_plugins``,
+``airflow.plugins_manager._get_ui_plugins``). So those two are built from
+:mod:`llmops_airflow.approvals_app` when first read: only the API server imports FastAPI and
+builds the approvals app; the others import the operator-link base and this module, nothing more.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperatorLink
-
-from llmops_airflow import approvals_app
+from llmops_airflow.links import MLflowRunLink
 
 try:  # Airflow 3.2+: the task SDK owns the plugin base
     from airflow.sdk.plugins_manager import AirflowPlugin
 except ImportError:  # pragma: no cover - older Airflow 3
     from airflow.plugins_manager import AirflowPlugin
 
-if TYPE_CHECKING:
-    from airflow.sdk import BaseOperator
-    from airflow.sdk.types import TaskInstanceKey
 
-MLFLOW_RUN_URL_KEY = "mlflow_run_url"
+class FromApprovalsApp:
+    """A plugin attribute made from the approvals app when it is first read, then kept: one
+    list, so what Airflow removes from it (a conflicting UI route) stays removed."""
 
+    def __init__(self, build: Callable[[ModuleType], list[dict[str, Any]]]) -> None:
+        self._build = build
+        self._value: list[dict[str, Any]] | None = None
 
-class MLflowRunLink(BaseOperatorLink):
-    """"MLflow run" button on a step's task page.
+    def __get__(self, instance: object, owner: type | None = None) -> list[dict[str, Any]]:
+        if self._value is None:
+            from llmops_airflow import approvals_app
 
-    A step names its MLflow run by putting ``mlflow_run_url`` in its result JSON; the step
-    operators keep it (``operator.mlflow_run_url``) and push it as the XCom ``mlflow_run_url``.
-    Airflow calls ``get_link`` on the worker when the task ends and stores the answer under
-    ``xcom_key`` for the API server. Operators that are not ours are asked through the XCom.
-    """
-
-    name = "MLflow run"
-
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        if hasattr(operator, MLFLOW_RUN_URL_KEY):  # ours: no XCom round trip (a miss logs an error)
-            url = getattr(operator, MLFLOW_RUN_URL_KEY)
-        else:
-            from airflow.sdk.execution_time.xcom import XCom
-
-            url = XCom.get_value(ti_key=ti_key, key=MLFLOW_RUN_URL_KEY)
-        return str(url) if url else ""
+            self._value = self._build(approvals_app)
+        return self._value
 
 
 class LLMOpsPlugin(AirflowPlugin):
@@ -51,11 +45,11 @@ class LLMOpsPlugin(AirflowPlugin):
 
     name = "llmops"
     operator_extra_links: ClassVar[list[Any]] = [MLflowRunLink()]
-    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
-        {"app": approvals_app.app, "url_prefix": approvals_app.URL_PREFIX, "name": "LLMOps approvals"},
-    ]
+    fastapi_apps = FromApprovalsApp(lambda page: [
+        {"app": page.app, "url_prefix": page.URL_PREFIX, "name": "LLMOps approvals"},
+    ])
     # Shown inside the UI (an iframe under /plugin/llmops-approvals), under the Browse menu.
-    external_views: ClassVar[list[dict[str, Any]]] = [
-        {"name": "LLMOps approvals", "href": approvals_app.URL_PREFIX + "/", "url_route": "llmops-approvals",
+    external_views = FromApprovalsApp(lambda page: [
+        {"name": "LLMOps approvals", "href": page.URL_PREFIX + "/", "url_route": "llmops-approvals",
          "destination": "nav", "category": "browse"},
-    ]
+    ])

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmops_tasks import settings
+from llmops_tasks.core import settings
 
 
 def dags_folder() -> Path:
@@ -20,7 +20,7 @@ def dags_folder() -> Path:
     spec = importlib.util.find_spec("llmops_dags")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the llmops_dags package is not installed; run `pip install -e .` in the checkout")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -76,7 +76,7 @@ def render_env(result: dict) -> str:
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return Command(EnvConfig, run_env, "print the embedded deployment's variables as shell exports "
                    "(eval \"$(llmops env)\" before running airflow or mlflow by hand)", render=render_env)

@@ -46,6 +46,27 @@ def experiment_name() -> str:
     return os.environ.get("LLMOPS_EXPERIMENT", DEFAULT_EXPERIMENT)
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _packaged(folder: str, name: str) -> str:
+    path = PACKAGE_DIR / folder / name
+    if not path.is_file():
+        available = sorted(p.name for p in path.parent.glob("*.yaml"))
+        raise FileNotFoundError(f"no packaged {folder[:-1]} {name!r} in {path.parent}; available: {', '.join(available)}")
+    return str(path)
+
+
+def packaged_recipe(name: str) -> str:
+    """Path of a training or evaluation recipe shipped in the package (``llmops_tasks/recipes``)."""
+    return _packaged("recipes", name)
+
+
+def packaged_policy(name: str) -> str:
+    """Path of a validation or gate policy shipped in the package (``llmops_tasks/policies``)."""
+    return _packaged("policies", name)
+
+
 def sample_data_dir() -> Path:
     return home() / "data"
 

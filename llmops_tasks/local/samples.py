@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from llmops_tasks import data, settings
+from llmops_tasks.core import data, settings
 
 SYSTEMS = [
     "VPN", "email", "HR portal", "payroll app", "wiki", "expense tool", "laptop", "printer",

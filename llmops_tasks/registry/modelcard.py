@@ -26,7 +26,7 @@ LIMITATIONS = (
 # Training parameters shown in the card; the train run keeps all of them.
 HYPERPARAMETERS = (
     "max_steps", "learning_rate", "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "max_length", "beta", "loss_type", "lora", "lora_r", "lora_alpha",
+    "gradient_accumulation_steps", "max_length", "beta", "loss_type", "use_peft", "lora_r", "lora_alpha",
     "lora_dropout", "seed",
 )
 
@@ -55,8 +55,8 @@ def _data_quality(validation: dict | None) -> list[str]:
         return ["No validation report was given for this version."]
     rules = validation.get("rules") or []
     failed = [r for r in rules if not r.get("success", True)]
-    lines = [f"Great Expectations: {len(rules)} rules, {len(failed)} failed "
-             f"(valid: {str(validation.get('valid')).lower()})."]
+    lines = [(f"Great Expectations: {len(rules)} rules, {len(failed)} failed "
+              f"(valid: {str(validation.get('valid')).lower()}).")]
     for rule in failed:
         lines.append(f"- failed `{rule.get('rule')}`: {rule.get('unexpected_count', '')} rows")
     pii = [r for r in rules if "pii" in str(r.get("rule", "")).lower()]

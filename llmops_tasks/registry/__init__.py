@@ -26,18 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llmops_tasks import audit, data, modelcard, settings, tracking
-from llmops_tasks.config import field, require
-from llmops_tasks.errors import StepFailed
-from llmops_tasks.settings import RunContext
+from llmops_tasks.core import data, settings, tracking
+from llmops_tasks.core.config import field, require
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.core.settings import RunContext
+from llmops_tasks.registry import audit, modelcard
+from llmops_tasks.serving import flavor
 
 STAGING = "staging"
 PRODUCTION = "production"
 PREVIOUS = "previous-production"
 ALIASES = (STAGING, PRODUCTION, PREVIOUS)
 
-# Pinned into every logged model so a serving environment rebuilds what was tested.
-SERVING_PACKAGES = ("mlflow", "torch", "transformers", "safetensors", "tokenizers", "pandas")
 # An input example makes MLflow load the model and run it once while logging (about 1.3 s for the
 # tiny model, minutes and the model's memory for a large one): "auto" adds it below this size.
 INPUT_EXAMPLE_MAX_BYTES = 1 << 30
@@ -54,18 +54,6 @@ def _actor(explicit: str = "") -> str:
 
 def _run_label(ctx: RunContext) -> str:
     return f"{ctx.dag_id}/{ctx.run_id}" if ctx.run_id else "cli"
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for name in SERVING_PACKAGES:
-        try:
-            pins.append(f"{name}=={version(name).split('+')[0]}")
-        except PackageNotFoundError:
-            pins.append(name)
-    return pins
 
 
 def folder_hash(path: str) -> str:
@@ -153,25 +141,45 @@ def audit_events(name: str = "", mlflow_client=None) -> list[dict]:
 
 
 @dataclass
-class RegisterConfig:
+class RegistryConfig:
+    """What every registry action has: the registered model it acts on."""
+
+    model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
+
+    def __post_init__(self) -> None:
+        self.model_name = self.model_name or settings.model_name()
+
+
+@dataclass
+class AliasMoveConfig(RegistryConfig):
+    """What every alias move has: how long it waits for the model's registry lock."""
+
+    lock_timeout: float = field(120.0, help="seconds to wait for another alias move of this model to finish")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.lock_timeout >= 0, f"registry: lock_timeout must be 0 or more, got {self.lock_timeout}")
+
+
+@dataclass
+class RegisterConfig(RegistryConfig):
     train_result: str = field("", help="train step's result.json (model_dir, method, hashes)")
     metrics: str = field("", help="evaluate step's metrics.json")
     decision: str = field("", help="gate step's decision.json; a candidate that failed its gate is never registered")
     dataset_hash: str = field("", help="content hash of the validated data set (lineage)")
     validation: str = field("", help="validate step's validation.json: data snapshot size and findings for the model card")
-    model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
     input_example: Literal["auto", "true", "false"] = field(
         "auto", help="log an input example (MLflow then loads and runs the model once); auto: below 1 GiB of weights")
     intended_use: str = field(modelcard.INTENDED_USE, help="model card: what the model is for")
     limitations: str = field(modelcard.LIMITATIONS, help="model card: what it was not evaluated for")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("train_result", "metrics", "decision"):
             require(bool(getattr(self, name)), f"registry register: {name} is required (a JSON file path)")
         self.input_example = str(self.input_example).lower()  # type: ignore[assignment]
         require(self.input_example in ("auto", "true", "false"),
                 f"registry register: input_example must be auto, true or false, got {self.input_example!r}")
-        self.model_name = self.model_name or settings.model_name()
 
 
 def register(config: RegisterConfig) -> dict:
@@ -265,11 +273,8 @@ def _log_and_register(name, train, metrics, decision, validation, config, ctx, r
         # Tags given to log_model land on the new version in the same request that creates it.
         lineage = {**lineage, "llmops.model_card_run": run_id, "llmops.input_example": str(with_example).lower()}
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(__file__).with_name("serving.py")),
-                artifacts=artifacts,
-                pip_requirements=_pip_requirements(),
+            info = flavor.log_generator(
+                artifacts,
                 signature=signature,
                 input_example=example if with_example else None,
                 registered_model_name=name,
@@ -300,21 +305,18 @@ def _aliases_of(name: str, version: str, mlflow_client) -> list[str]:
 
 
 @dataclass
-class PromoteConfig:
+class PromoteConfig(AliasMoveConfig):
     version: str = field("", help="model version to promote (default: the one holding 'staging')")
     expected_production: str = field(
         "", help="version the gate compared against ('none' if there was no production); refuse if production moved"
     )
     approved_by: str = field("", help="who approved the promotion (default: $LLMOPS_ACTOR or the OS user)")
     comment: str = field("", help="why: the approval comment, recorded on the version")
-    model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
-    lock_timeout: float = field(120.0, help="seconds to wait for another alias move of this model to finish")
 
     def __post_init__(self) -> None:
-        self.model_name = self.model_name or settings.model_name()
+        super().__post_init__()
         self.version = str(self.version).strip()
         self.expected_production = str(self.expected_production).strip()
-        require(self.lock_timeout >= 0, f"registry promote: lock_timeout must be 0 or more, got {self.lock_timeout}")
 
 
 def promote(config: PromoteConfig) -> dict:
@@ -398,17 +400,14 @@ def record_approval(version: str, *, approved: bool, by: str, comment: str = "",
 
 
 @dataclass
-class RollbackConfig:
+class RollbackConfig(AliasMoveConfig):
     to_version: str = field("", help="version to put back in production (default: 'previous-production')")
     reason: str = field("", help="why: recorded on both versions and in the audit log")
     actor: str = field("", help="who rolled back (default: $LLMOPS_ACTOR or the OS user)")
-    model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
-    lock_timeout: float = field(120.0, help="seconds to wait for another alias move of this model to finish")
 
     def __post_init__(self) -> None:
-        self.model_name = self.model_name or settings.model_name()
+        super().__post_init__()
         self.to_version = str(self.to_version).strip().removeprefix("v")
-        require(self.lock_timeout >= 0, f"registry rollback: lock_timeout must be 0 or more, got {self.lock_timeout}")
 
 
 def rollback(config: RollbackConfig) -> dict:
@@ -444,12 +443,9 @@ def rollback(config: RollbackConfig) -> dict:
 
 
 @dataclass
-class StatusConfig:
-    model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
+class StatusConfig(RegistryConfig):
     json: bool = field(False, help="print only the JSON (each alias and its version)")
 
-    def __post_init__(self) -> None:
-        self.model_name = self.model_name or settings.model_name()
 
 
 def _without_credentials(uri: str) -> str:
@@ -530,7 +526,7 @@ def _hf_model_dir(local_model: Path) -> Path | None:
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return {
         "register": Command(RegisterConfig, register, "register a gated candidate and alias it 'staging'"),

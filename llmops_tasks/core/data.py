@@ -10,12 +10,13 @@ import hashlib
 import io
 import itertools
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fsspec
+
+from llmops_tasks.core.io import atomic_write
 
 # The columns each kind of data set must carry (DESIGN.md, "Data contracts").
 REQUIRED_COLUMNS = {
@@ -324,33 +325,50 @@ def iter_table_chunks(uri: str, rows: int = 50_000) -> Iterator[Chunk]:
         yield from _jsonl_chunks(uri, rows)
 
 
-def write_jsonl(uri: str, rows: Iterable[dict[str, Any]]) -> int:
-    """Write atomically: a reader never sees a half-written file."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    count = 0
+# DataError message -> the rule a report names for a file that cannot be read.
+_LOAD_RULES = (
+    ("file not found", "file_exists"),
+    ("unsupported file type", "file_type"),
+    ("not valid UTF-8", "utf8"),
+    ("not valid JSON", "json_lines"),
+    ("expected an object", "json_objects"),
+    ("Parquet", "parquet_readable"),
+)
+
+
+def load_rule(message: str) -> str:
+    """The rule a :class:`DataError` breaks (file_exists, json_lines, ...), from its message."""
+    return next((rule for needle, rule in _LOAD_RULES if needle in message), "readable")
+
+
+def read_chunks(uri: str, rows: int):
+    """:class:`Chunk` objects (column-wise where Arrow reads the file exactly), or a
+    :class:`DataError`; a reader's own crash is reported the same way."""
     try:
-        with fs.open(tmp, "w", encoding="utf-8") as handle:
-            for row in rows:
-                clean = {k: v for k, v in row.items() if not k.startswith("_")}
-                handle.write(json.dumps(clean, ensure_ascii=False, sort_keys=True) + "\n")
-                count += 1
-        fs.mv(tmp, path)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
+        yield from iter_table_chunks(uri, rows)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def write_jsonl(uri: str, rows: Iterable[dict[str, Any]]) -> int:
+    """Write atomically: a reader never sees a half-written file. Keys starting with ``_`` (the
+    reader's ``_line``) are left out."""
+    count = 0
+    with atomic_write(uri) as handle:
+        for row in rows:
+            clean = {k: v for k, v in row.items() if not k.startswith("_")}
+            handle.write(json.dumps(clean, ensure_ascii=False, sort_keys=True) + "\n")
+            count += 1
     return count
 
 
 def write_json(uri: str, payload: Any) -> None:
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open(tmp, "w", encoding="utf-8") as handle:
+    """Pretty, sorted JSON, written atomically."""
+    with atomic_write(uri) as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
-    fs.mv(tmp, path)
 
 
 def read_json(uri: str) -> Any:

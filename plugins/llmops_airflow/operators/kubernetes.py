@@ -44,11 +44,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
 from airflow.providers.cncf.kubernetes.secret import Secret
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import models as k8s
 
-from llmops_airflow.operators import publish_mlflow_run_url
-from llmops_airflow.plugin import MLflowRunLink
+from llmops_airflow.operators.base import StepOperatorMixin, said_no, step_failure
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -144,26 +143,16 @@ def _connection_addresses() -> dict[str, str | None]:
     return {name: values[name] for name in (TRACKING_URI, REGISTRY_URI) if name in values}
 
 
-class LLMOpsPodOperator(KubernetesPodOperator):
+class LLMOpsPodOperator(StepOperatorMixin, KubernetesPodOperator):
     """KubernetesPodOperator for ``llmops <step>``: resolves the image and the services' addresses
     when the pod is built, keeps Secret references optional, sanitizes rendered labels, and turns
     exit code 1 with a result ("the step said no") into a failure that is not retried."""
 
-    operator_extra_links = (MLflowRunLink(),)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.mlflow_run_url: str | None = None  # read by MLflowRunLink
-
     def execute(self, context: Context) -> Any:
-        result = super().execute(context)
-        self.mlflow_run_url = publish_mlflow_run_url(context, result)
-        return result
+        return self.step_succeeded(context, super().execute(context))
 
     def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:  # deferrable mode
-        result = super().trigger_reentry(context, event)
-        self.mlflow_run_url = publish_mlflow_run_url(context, result)
-        return result
+        return self.step_succeeded(context, super().trigger_reentry(context, event))
 
     def build_pod_request_obj(self, context: Context | None = None, *, dry_run: bool = False) -> k8s.V1Pod:
         if not self.image:
@@ -192,12 +181,12 @@ class LLMOpsPodOperator(KubernetesPodOperator):
         try:
             super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
         except AirflowException as exc:
-            # exit 1 with a result: the step said no. Exit 1 without one is an uncaught exception.
-            if base_container_exit_code(remote_pod, self.base_container_name) == 1 and isinstance(xcom_result, dict):
+            # exit 1 with a result: the step said no. Any other failure keeps the provider's message.
+            exit_code = base_container_exit_code(remote_pod, self.base_container_name)
+            if said_no(exit_code, xcom_result):
                 reason = xcom_result.get("error")
-                raise AirflowFailException(
-                    f"llmops step in pod {pod.metadata.name} said no (exit code 1)" + (f": {reason}" if reason else "")
-                ) from exc
+                raise step_failure(f"llmops step in pod {pod.metadata.name}", exit_code, xcom_result,
+                                   f": {reason}" if reason else "") from exc
             raise
 
 
@@ -209,7 +198,7 @@ def build_pod_operator(
     resources: Mapping[str, str | int] | None = None,
     **kwargs: Any,
 ) -> LLMOpsPodOperator:
-    """``llmops <arguments>`` in the trainer image; see ``llmops_airflow.operators.step_operator``.
+    """``llmops <arguments>`` in the trainer image; see :func:`llmops_airflow.operators.step_operator`.
 
     Dict-valued ``env_vars``, ``labels`` and ``node_selector`` passed in ``kwargs`` are merged over
     the defaults; any other KubernetesPodOperator argument replaces its default.

@@ -7,12 +7,16 @@ it runs, attaches to the same parent, and a retried step does not create a secon
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from llmops_tasks import __version__, settings
-from llmops_tasks.settings import RunContext
+from llmops_tasks import __version__
+from llmops_tasks.core import settings
+from llmops_tasks.core.settings import RunContext
+
+log = logging.getLogger(__name__)
 
 TAG_ROLE = "llmops.role"
 TAG_DAG_ID = "llmops.dag_id"
@@ -69,12 +73,15 @@ def _create_sqlite_store(uri: str) -> None:
     _CREATED_STORES.add(uri)
 
 
-def experiment_id(mlflow_client=None) -> str:
+def get_or_create_experiment(name: str, mlflow_client=None, *, create: bool = True) -> str | None:
+    """The id of experiment ``name``, created when missing (artifacts under the embedded home with
+    a SQLite store); with ``create=False``, ``None`` when it does not exist."""
     mlflow_client = mlflow_client or client()
-    name = settings.experiment_name()
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if not create:
+        return None
     location = None
     if settings.tracking_uri().startswith("sqlite:"):
         location = settings.mlflow_artifact_root()
@@ -82,11 +89,16 @@ def experiment_id(mlflow_client=None) -> str:
         location = f"file://{os.path.abspath(location)}"
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
-    except Exception:  # another step created it first
+    except Exception:  # another step or process created it first
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def experiment_id(mlflow_client=None) -> str:
+    """The pipeline's experiment (``$LLMOPS_EXPERIMENT``), created on first use."""
+    return get_or_create_experiment(settings.experiment_name(), mlflow_client)
 
 
 def quote(value: str) -> str:
@@ -169,14 +181,23 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         mlflow_client.log_batch(run_id, metrics=batch[start : start + 1000])
 
 
-def record_step(step: str, params: dict[str, Any], metrics: dict[str, float], files: list[str]) -> str:
-    """A finished child run for a light step: its settings, numbers and report files. Returns its URL."""
+def record_step(step: str, params: dict[str, Any], metrics: dict[str, float], files: list[str],
+                folders: dict[str, str] | None = None) -> str:
+    """A finished child run for a light step: its settings, numbers and report files. Returns its URL.
+
+    ``files`` land under the run's ``reports/`` artifacts; ``folders`` maps an artifact path to a
+    local folder logged whole (a Data Docs site). Remote paths (``s3://`` ...) are not copied: the
+    run's params name them.
+    """
     with step_run(step, params=params) as run_id:
         log_metrics(run_id, metrics)
         mlflow_client = client()
         for path in files:
             if path and "://" not in path and os.path.exists(path):
                 mlflow_client.log_artifact(run_id, path, artifact_path="reports")
+        for artifact_path, folder in (folders or {}).items():
+            if folder and "://" not in folder and os.path.isdir(folder):
+                mlflow_client.log_artifacts(run_id, folder, artifact_path=artifact_path)
     return run_url(run_id)
 
 
@@ -287,7 +308,7 @@ def _serve(connection, step: str, params: dict[str, Any] | None, tags: dict[str,
             for warmup in warmups:  # work the step will ask for later, done while it is busy elsewhere
                 try:
                     warmup()
-                except Exception as exc:  # only an optimization; the real call will report real errors
+                except Exception as exc:  # noqa: BLE001 (only an optimization; the real call will report real errors)
                     failures.append(f"warm-up {getattr(warmup, '__name__', warmup)}: {exc}")
             mlflow_client = client()
             status = "FAILED"
@@ -304,15 +325,15 @@ def _serve(connection, step: str, params: dict[str, Any] | None, tags: dict[str,
                         for start in range(0, len(batch), 1000):  # the tracking server's batch limit
                             try:
                                 mlflow_client.log_batch(run_id, metrics=batch[start : start + 1000])
-                            except Exception as exc:
+                            except Exception as exc:  # noqa: BLE001 (reported, never raised: see the docstring)
                                 failures.append(f"log_batch ({len(batch)} metrics): {exc}")
                     elif message[0] == "call":
                         _, function, args = message
                         try:
                             connection.send(("ok", function(run_id, *args)))
-                        except Exception as exc:
-                            connection.send(("error", f"{getattr(function, '__name__', function)}: "
-                                                      f"{type(exc).__name__}: {exc}"))
+                        except Exception as exc:  # noqa: BLE001 (reported, never raised: see the docstring)
+                            name = getattr(function, "__name__", function)
+                            connection.send(("error", f"{name}: {type(exc).__name__}: {exc}"))
                     elif message[0] == "end":
                         status = message[1]
                         break
@@ -325,7 +346,7 @@ def _serve(connection, step: str, params: dict[str, Any] | None, tags: dict[str,
     except StepEnded:
         with contextlib.suppress(OSError, BrokenPipeError):
             connection.send(("ended", failures))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (reported, never raised: see the docstring)
         with contextlib.suppress(OSError, BrokenPipeError):
             connection.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -349,7 +370,6 @@ def background_step_run(step: str, params: dict[str, Any] | None = None, tags: d
     not be logged are reported on stderr at the end; they do not fail a step that did its work.
     """
     import multiprocessing
-    import sys
 
     context = multiprocessing.get_context("spawn")  # no fork: the step may already hold threads (torch)
     ours, theirs = context.Pipe()
@@ -366,4 +386,4 @@ def background_step_run(step: str, params: dict[str, Any] | None = None, tags: d
         raise
     failures = run.end("FINISHED")
     for failure in failures:
-        print(f"warning: MLflow run {run.run_id}: {failure}", file=sys.stderr)
+        log.warning("MLflow run %s: %s", run.run_id, failure)

@@ -13,6 +13,7 @@ Only environment variables and subprocesses: this package never imports Airflow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,9 +26,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmops_tasks import embedded
-from llmops_tasks.config import field, require
-from llmops_tasks.errors import StepFailed
+from llmops_tasks.core.config import field, require
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.local import embedded
+
+log = logging.getLogger(__name__)
 
 AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -236,11 +239,11 @@ def stop_recorded(home: Path, timeout: float = 30) -> list[int]:
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    log.info("%s", text)
 
 
 def run(config: UpConfig) -> dict:
-    from llmops_tasks import bootstrap, samples
+    from llmops_tasks.local import bootstrap, samples
 
     env = service_env(config)
     home = Path(env["LLMOPS_HOME"])
@@ -335,7 +338,7 @@ def render(result: dict) -> str:
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return Command(UpConfig, run, "start Airflow (API server, scheduler, DAG processor, triggerer) and MLflow "
                    "on loopback for the embedded home; Ctrl-C stops them", render=render)

@@ -21,7 +21,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import random
 import tempfile
 import time
@@ -29,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmops_tasks import settings
-from llmops_tasks.errors import StepFailed
+from llmops_tasks.core import settings, tracking
+from llmops_tasks.core.errors import StepFailed
 
 LOCK_SUFFIX = ".registry-lock"
 AUDIT_FILE = "audit.jsonl"
@@ -184,21 +183,5 @@ class AuditLog:
 
 
 def _audit_experiment(mlflow_client, create: bool) -> str | None:
-    name = f"{settings.experiment_name()}-registry-audit"
-    experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    if not create:
-        return None
-    location = None
-    if settings.tracking_uri().startswith("sqlite:"):
-        root = settings.mlflow_artifact_root()
-        os.makedirs(root, exist_ok=True)
-        location = f"file://{os.path.abspath(root)}"
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
-    except Exception:  # created meanwhile by a registry operation on another model
-        experiment = mlflow_client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    return tracking.get_or_create_experiment(f"{settings.experiment_name()}-registry-audit", mlflow_client,
+                                             create=create)

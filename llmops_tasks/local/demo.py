@@ -13,6 +13,7 @@ waits in Airflow's Required actions until someone answers).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llmops_tasks import data, embedded, settings
-from llmops_tasks.config import field, require
-from llmops_tasks.errors import StepFailed
+from llmops_tasks.core import data, settings
+from llmops_tasks.core.config import field, require
+from llmops_tasks.core.errors import StepFailed
+from llmops_tasks.local import embedded
+
+log = logging.getLogger(__name__)
 
 DAG_ID = "llm_retraining"
 
@@ -57,7 +61,8 @@ def _read(path: Path) -> dict:
 
 
 def run(config: DemoConfig) -> dict:
-    from llmops_tasks import bootstrap, registry, samples
+    from llmops_tasks import registry
+    from llmops_tasks.local import bootstrap, samples
 
     env = embedded.airflow_env()
     os.environ.update({k: env[k] for k in ("LLMOPS_HOME", "MLFLOW_TRACKING_URI")})
@@ -66,19 +71,19 @@ def run(config: DemoConfig) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"demo-{time.strftime('%Y%m%dT%H%M%S')}.log"
     started = time.monotonic()
-    print(f"llmops demo: home {home}  (full log: {log_path})", file=sys.stderr)
+    log.info("llmops demo: home %s  (full log: %s)", home, log_path)
     samples.ensure_sample_data()
     bootstrap.ensure_tiny_model()
 
     conf = {"method": config.method, "max_steps": config.max_steps, "dataset_uri": config.dataset_uri,
             "require_approval": config.require_approval}
-    with open(log_path, "w", encoding="utf-8") as log:
+    with open(log_path, "w", encoding="utf-8") as log_file:
         if not Path(env["AIRFLOW_HOME"], "airflow.db").exists():
-            print("llmops demo: creating the Airflow metadata database (first run only)", file=sys.stderr)
-        if _airflow(["db", "migrate"], env, log) != 0:
+            log.info("llmops demo: creating the Airflow metadata database (first run only)")
+        if _airflow(["db", "migrate"], env, log_file) != 0:
             raise StepFailed(f"demo: `airflow db migrate` failed; see {log_path}")
-        print(f"llmops demo: running DAG {DAG_ID} with conf {json.dumps(conf)}", file=sys.stderr)
-        code = _airflow(["dags", "test", DAG_ID, "--conf", json.dumps(conf)], env, log)
+        log.info("llmops demo: running DAG %s with conf %s", DAG_ID, json.dumps(conf))
+        code = _airflow(["dags", "test", DAG_ID, "--conf", json.dumps(conf)], env, log_file)
     elapsed = time.monotonic() - started
 
     run_dir = _latest_run_dir(Path(settings.artifact_root()))
@@ -135,8 +140,9 @@ def render(result: dict) -> str:
         f"  data           {result.get('rows_validated')} rows validated (valid={result.get('data_valid')})",
         f"  reports        EDA {result['reports']['eda']}",
         f"                 validation {result['reports']['validation']}",
-        f"  training       {result['method']}, {result.get('global_step')} steps, "
-        f"train loss {result.get('train_loss') or float('nan'):.3f}, final loss {result.get('final_loss') or float('nan'):.3f}",
+        (f"  training       {result['method']}, {result.get('global_step')} steps, "
+         f"train loss {result.get('train_loss') or float('nan'):.3f}, "
+         f"final loss {result.get('final_loss') or float('nan'):.3f}"),
         f"  candidate      {fmt(result.get('candidate', {}))}",
         f"  champion       {fmt(result.get('champion', {}))} ({result.get('champion_label')})",
         f"  gate           {'PASSED' if result['gate'].get('passed') else 'REJECTED'}: {result['gate'].get('reason')}",
@@ -152,6 +158,6 @@ def render(result: dict) -> str:
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return Command(DemoConfig, run, "run the llm_retraining DAG end to end on the embedded defaults", render=render)

@@ -67,11 +67,12 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return result
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``; nested mappings merge key by key."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -92,7 +93,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def coerce(value: Any, annotation: Any, where: str) -> Any:
     """Coerce YAML/CLI values to the annotated type, or say what was expected."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -104,7 +105,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
@@ -119,7 +120,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_type = args[0] if args else Any
-        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict or (dataclasses.is_dataclass(annotation) and isinstance(value, str)):
         value = _parse_scalar(value) if isinstance(value, str) else value
     if origin is dict:
@@ -166,12 +167,16 @@ def build(cls: type[C], values: dict[str, Any], *, where: str = "config") -> C:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(known))
+    # A config may say where keys of older recipes went (``MOVED``: old key -> new place).
+    moved = getattr(cls, "MOVED", {})
+    hint = "; ".join(f"{key} is now {moved[key]}" for key in unknown if key in moved)
     if unknown:
         raise ConfigError(
             f"{where}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
-            f"known settings are: {', '.join(sorted(known))}"
+            + (f"moved: {hint}; " if hint else "")
+            + f"known settings are: {', '.join(sorted(known))}"
         )
-    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in values.items()}
+    kwargs = {name: coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in values.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field was not given
@@ -186,7 +191,7 @@ def load(cls: type[C], config_file: str | Path | None = None, overrides: list[st
         values = load_yaml(config_file)
         where = str(config_file)
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-    return build(cls, _deep_merge(values, extra), where=where)
+    return build(cls, deep_merge(values, extra), where=where)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -14,8 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmops_tasks import samples, settings
-from llmops_tasks.config import field
+from llmops_tasks.core import settings
+from llmops_tasks.core.config import field
+from llmops_tasks.local import samples
 
 # Large enough to learn the help-desk templates in a few dozen CPU steps, small enough to train
 # in seconds on two cores.
@@ -85,15 +86,6 @@ def build_tiny_model(out_dir: Path, texts: list[str], seed: int = 0) -> Path:
     return out_dir
 
 
-def packaged_recipe(name: str) -> str:
-    """Path of a recipe shipped in the package (``llmops_tasks/recipes``)."""
-    path = Path(__file__).with_name("recipes") / name
-    if not path.is_file():
-        available = sorted(p.name for p in path.parent.glob("*.yaml"))
-        raise FileNotFoundError(f"no packaged recipe {name!r}; available: {', '.join(available)}")
-    return str(path)
-
-
 def ensure_tiny_model(out_dir: Path | None = None) -> Path:
     out_dir = out_dir or settings.tiny_model_dir()
     if not (out_dir / "config.json").exists():
@@ -120,6 +112,6 @@ def run(config: InitConfig) -> dict:
 
 
 def command():
-    from llmops_tasks.cli import Command
+    from llmops_tasks.core.command import Command
 
     return Command(InitConfig, run, "create the embedded home: sample data and the tiny local base model")

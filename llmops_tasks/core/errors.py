@@ -15,3 +15,8 @@ class StepFailed(Exception):
     def __init__(self, message: str, result: dict[str, Any] | None = None):
         super().__init__(message)
         self.result = result or {"error": message}
+
+
+class Rejected(StepFailed):
+    """A verdict, not an error: the step judged its input and said no (a gate rejecting a
+    candidate). Callers that branch on the verdict (the DAG's gate) take ``result`` as the answer."""
