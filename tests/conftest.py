@@ -1,4 +1,6 @@
-"""Test session setup: an embedded LLMOps home in a temp folder, set before Airflow is imported.
+"""Test session setup: an embedded LLMOps home in a temp folder, set before Airflow is imported;
+the fixtures the test files share (MLflow stores, the tiny model, the training work dir, the CLI);
+``unit`` as the default marker.
 
 Airflow reads its configuration once, at import; every test in the session therefore shares one
 temporary AIRFLOW_HOME / LLMOPS_HOME (SQLite metadata, MLflow store), never the developer's
@@ -103,3 +105,12 @@ def llmops(capsys):
         return code, json.loads(result_file.read_text()) if result_file.is_file() else None
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """``unit`` is the default: a test that is not marked ``integration`` (a subprocess, a server,
+    several real components at length) is a unit test, so ``-m unit`` selects exactly the fast,
+    in-process tests."""
+    for item in items:
+        if item.get_closest_marker("integration") is None and item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.unit)

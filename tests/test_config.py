@@ -21,7 +21,6 @@ from llmops_tasks.local import samples
 from llmops_tasks.split import SplitConfig
 from llmops_tasks.train import TrainConfig
 
-pytestmark = pytest.mark.unit
 
 HEAVY_MODULES = ("torch", "transformers", "trl", "great_expectations", "mlflow", "evaluate", "pandas")
 REQUIRED = {"base_model": "base", "train_data": "train.jsonl"}
@@ -416,6 +415,7 @@ def test_a_step_runs_through_main_with_recipe_and_flags(tmp_path, capsys):
 # --------------------------------------------------------------------------- version and imports
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_python_m_llmops_tasks_version():
     done = subprocess.run([sys.executable, "-m", "llmops_tasks", "--version"], capture_output=True, text=True,
                           timeout=120, check=False)
@@ -423,6 +423,7 @@ def test_python_m_llmops_tasks_version():
     assert done.stdout.strip() == f"llmops {llmops_tasks.__version__}"
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_cli_import_and_top_level_parser_import_no_heavy_library():
     code = textwrap.dedent(f"""
         import sys

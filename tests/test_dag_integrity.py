@@ -19,7 +19,6 @@ import pytest
 
 from llmops_tasks.local import embedded
 
-pytestmark = pytest.mark.unit
 
 DAG_FILES = sorted(p for p in embedded.dags_folder().glob("*.py") if p.name != "__init__.py")
 HEAVY = ("torch", "transformers", "trl", "peft", "pandas", "great_expectations", "mlflow", "evaluate",
@@ -141,6 +140,7 @@ def test_dag_files_read_no_connection_or_variable_at_parse(monkeypatch):
     assert {"llm_retraining", "model_rollback"} <= set(bag.dag_ids)
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
 def test_dag_file_imports_no_heavy_library(dag_file: Path):
     """Checked in a fresh interpreter: what importing the DAG file adds after airflow.sdk."""
@@ -160,6 +160,7 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     assert heavy == [], f"{dag_file.name} imports {heavy} at parse time"
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_dag_processor_with_our_plugin_loaded_imports_no_heavy_library(tmp_path):
     """Airflow's DAG processor loads every plugin when it starts (``Job.__init__`` ->
     ``get_listener_manager()``) and forks its parsing processes from itself, so what the plugin

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -130,6 +129,7 @@ def test_images_install_the_package_under_the_constraints(dockerfile, extras):
     assert any(re.search(rf'pip install .*-c constraints\.txt .*"\.\[{extras}\]"', run) for run in runs)
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_trainer_dependency_layer_lists_the_train_extra():
     """Runs the Python the trainer build runs, on the real setup.cfg."""
     (script,) = [body for kw, args, body in final_stage("Dockerfile.trainer") if kw == "RUN" and "requirements.txt" in args
@@ -142,6 +142,7 @@ def test_trainer_dependency_layer_lists_the_train_extra():
     assert pinned("bitsandbytes"), "constraints.txt pins no bitsandbytes: the trainer image would take any version"
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_trainer_constraints_filter(tmp_path):
     """Runs the trainer build's sed expressions on a freeze like the development one."""
     (run,) = [args for kw, args, _ in final_stage("Dockerfile.trainer") if kw == "RUN" and args.startswith("sed ")]

@@ -16,7 +16,6 @@ from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.eda import EdaConfig, histogram, percentile, run
 from llmops_tasks.local import samples
 
-pytestmark = pytest.mark.unit
 
 ROWS = [
     {"id": "a", "prompt": "how do I reset it", "chosen": "open settings then reset", "rejected": "no",
@@ -109,6 +108,7 @@ def test_statistics_helpers():
     assert histogram([], 5) == {"edges": [], "counts": []}
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_eda_through_the_cli(tmp_path):
     dataset = samples.ensure_sample_data(tmp_path / "data")
     proc = subprocess.run(

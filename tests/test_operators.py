@@ -39,7 +39,6 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from llmops_airflow.operators import step_operator
 from llmops_airflow.operators.local import LocalStepOperator
 
-pytestmark = pytest.mark.unit
 
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"  # ':' and '+' are not valid in label values
 WORKER_SECRET = "hf_worker_token_must_not_reach_pods"
@@ -93,6 +92,7 @@ def test_mode_and_gpus_are_checked(clean_env):
         step_operator("split", ["split"], gpus=-1)
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_plugin_and_local_dag_do_not_import_kubernetes_or_fastapi():
     """The Kubernetes provider takes seconds to import, FastAPI a tenth of one; the plugin (loaded
     by every Airflow component) and a DAG parsed in the embedded mode must pay for neither."""
@@ -554,6 +554,7 @@ def run_local(op: LocalStepOperator, **context_extra):
             return None, context["ti"], [entry["event"] for entry in logs], exc
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_local_step_runs_the_cli_and_returns_its_result(local_env, tmp_path, preference_file):
     dataset = preference_file(40)
     op = step_operator(
@@ -570,6 +571,7 @@ def test_local_step_runs_the_cli_and_returns_its_result(local_env, tmp_path, pre
     assert any('"train_rows"' in line for line in log)  # the child's output reached the task log
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_local_step_gets_the_mlflow_settings_of_the_airflow_connection(local_env, tmp_path):
     """The subprocess sees the Connection's server and credentials, as the in-process tasks do;
     the worker's own registry URI (another store) is dropped, not mixed in."""
@@ -585,12 +587,14 @@ def test_local_step_gets_the_mlflow_settings_of_the_airflow_connection(local_env
     assert op._child_env(context_for(op), tmp_path / "result.json")["MLFLOW_TRACKING_URI"] == "sqlite:////worker/own.db"
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_local_step_without_result_returns_none(local_env):
     result, _, log, error = run_local(LocalStepOperator(task_id="version", arguments=["--version"]))
     assert error is None and result is None
     assert any(line.startswith("llmops ") for line in log)
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_local_step_that_says_no_is_not_retried(local_env, preference_file):
     op = LocalStepOperator(task_id="split", arguments=["split", "--dataset", str(preference_file(1))])
     _, ti, _, error = run_local(op)
@@ -599,6 +603,7 @@ def test_local_step_that_says_no_is_not_retried(local_env, preference_file):
     assert "error" in ti.pushed["return_value"]  # the step's own report of why, as the pod's sidecar keeps it
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_local_step_that_crashes_is_retried(local_env, tmp_path, preference_file):
     # Stand-in for a crash inside a real step (a lost connection, CUDA OOM): a sitecustomize on the
     # child's PYTHONPATH makes split.run raise. Python then exits 1 like a "no", but writes no result.
@@ -617,6 +622,7 @@ def test_local_step_that_crashes_is_retried(local_env, tmp_path, preference_file
     assert "return_value" not in ti.pushed
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_local_step_with_bad_configuration_is_a_retryable_failure(local_env, preference_file):
     op = LocalStepOperator(task_id="split", arguments=["split", "--dataset", str(preference_file(4)),
                                                        "--eval-fraction", "2"])
@@ -625,6 +631,7 @@ def test_local_step_with_bad_configuration_is_a_retryable_failure(local_env, pre
     assert "exit code 2" in str(error) and "eval_fraction" in str(error)
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_on_kill_stops_the_child_process(local_env, tmp_path):
     # A sitecustomize on the child's PYTHONPATH makes it hang before the CLI starts: a stand-in for a
     # long training run that needs no model.

@@ -241,10 +241,11 @@ def _step_run(client, step: str, dag_run_id: str | None):
 
 
 def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    """The run's artifact files; a Data Docs validation page is named by its run's time: <time>."""
     files = set()
     for item in client.list_artifacts(run_id, path):
         files |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
-    return files
+    return {re.sub(r"/validations/(.+?)/\d{8}T\d{6}\.\d+Z/", r"/validations/\1/<time>/", f) for f in files}
 
 
 def _recorded(client, run, path_params: tuple[str, ...]) -> dict:

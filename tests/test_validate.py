@@ -15,7 +15,6 @@ from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.local import samples
 from llmops_tasks.validate import ValidateConfig, run
 
-pytestmark = pytest.mark.unit
 
 RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "policies" / "validate_preference.yaml"
 # The console-script entry point, run as a real process: same code path as `llmops validate ...`.
@@ -244,6 +243,7 @@ def test_cli_exits_1_without_traceback_on_invalid_rows(tmp_path, capsys):
     assert (tmp_path / "cli" / "validation.json").is_file()
 
 
+@pytest.mark.integration  # a subprocess: not a unit test
 def test_cli_exits_1_without_traceback_on_unreadable_file(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_bytes(b'{"prompt": "\xff"}\n')
