@@ -40,6 +40,8 @@ TRAIN_DATA_KEY = {"sft": "train_sft", "dpo": "train_preference", "kto": "train_p
                   "orpo": "train_preference", "grpo": "train_preference", "rloo": "train_preference"}
 # GPUs of the train pod (deployment env, like the schedule); above 1 training runs under accelerate launch.
 TRAIN_GPUS = int(os.environ.get("LLMOPS_TRAIN_GPUS", "1"))
+# Who "approved" when the require_approval Param waived the human.
+WAIVED_BY = "auto (require_approval=false)"
 # Optional text Params: the trigger form treats an empty "string" as missing and blocks the run.
 OPTIONAL_TEXT = ["null", "string"]
 
@@ -54,6 +56,11 @@ def _responder(answer: dict) -> str:
     if isinstance(user, dict):
         return str(user.get("name") or user.get("id") or "airflow user")
     return str(user)
+
+
+def _comment(answer: dict) -> str:
+    """The comment field of the approval form."""
+    return str((answer.get("params_input") or {}).get("comment") or "")
 
 
 def _policy(name: str) -> str:
@@ -216,14 +223,10 @@ def llm_retraining():
     @task
     def auto_approve(registered: dict) -> dict:
         """The explicit path when approval is waived by Param; recorded on the version."""
-        bind_run_context()
-        from llmops_airflow.mlflow_connection import mlflow_env
-        from llmops_tasks import registry
-
-        with mlflow_env():
-            registry.record_approval(registered["version"], approved=True, by="auto (require_approval=false)",
-                                     comment="approval waived for this run by the require_approval Param")
-        return {"approved_by": "auto (require_approval=false)", "comment": "approval waived by Param"}
+        run_step("registry", action="approval", overrides={
+            "version": registered["version"], "decision": "approved", "by": WAIVED_BY,
+            "comment": "approval waived for this run by the require_approval Param"})
+        return {"approved_by": WAIVED_BY, "comment": "approval waived by Param"}
 
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
@@ -252,23 +255,16 @@ def llm_retraining():
 
     @task(trigger_rule="none_failed_min_one_success")
     def promote(registered: dict, metrics: dict, ti=None) -> dict:
-        bind_run_context()
-        from llmops_airflow.mlflow_connection import mlflow_env
-        from llmops_tasks import registry
-
         answer = ti.xcom_pull(task_ids="approve") or {}
         auto = ti.xcom_pull(task_ids="auto_approve") or {}
         approved_by = auto.get("approved_by") or _responder(answer)
-        comment = auto.get("comment") or str((answer.get("params_input") or {}).get("comment") or "")
-        with mlflow_env():
-            if answer:
-                registry.record_approval(registered["version"], approved=True, by=approved_by, comment=comment)
-            return registry.promote(registry.PromoteConfig(
-                version=registered["version"],
-                expected_production=metrics.get("champion_version") or "none",
-                approved_by=approved_by,
-                comment=comment,
-            ))
+        comment = auto.get("comment") or _comment(answer)
+        if answer:
+            run_step("registry", action="approval", overrides={
+                "version": registered["version"], "decision": "approved", "by": approved_by, "comment": comment})
+        return run_step("registry", action="promote", overrides={
+            "version": registered["version"], "expected_production": metrics.get("champion_version") or "none",
+            "approved_by": approved_by, "comment": comment})
 
     # none_failed, not all_done: as the only leaf it decides the run state, so a failed validate or
     # promote upstream must leave it upstream_failed (run failed), not skipped (run success).
@@ -280,14 +276,9 @@ def llm_retraining():
         answer = ti.xcom_pull(task_ids="approve") or {}
         if "Reject" not in (answer.get("chosen_options") or []):
             raise AirflowSkipException("no rejection to record")
-        bind_run_context()
-        from llmops_airflow.mlflow_connection import mlflow_env
-        from llmops_tasks import registry
-
-        comment = str((answer.get("params_input") or {}).get("comment") or "")
-        with mlflow_env():
-            return registry.record_approval(registered["version"], approved=False, by=_responder(answer),
-                                            comment=comment)
+        return run_step("registry", action="approval", overrides={
+            "version": registered["version"], "decision": "rejected", "by": _responder(answer),
+            "comment": _comment(answer)})
 
     splits >> train >> evaluate
     report >> train

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from llmops_airflow.context import bind_run_context
+from llmops_airflow.steps import run_step
 
 DAG_ID = "model_rollback"
 
@@ -43,22 +43,9 @@ def model_rollback():
     @task(retries=0)
     def rollback(params=None, dag_run=None) -> dict:
         """Move production back; a refusal (no such version, no gate) fails without retry."""
-        bind_run_context()
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from llmops_airflow.mlflow_connection import mlflow_env
-        from llmops_tasks import registry
-        from llmops_tasks.core.errors import StepFailed
-
-        actor = getattr(dag_run, "triggering_user_name", None) or "airflow"
-        with mlflow_env():
-            try:
-                return registry.rollback(registry.RollbackConfig(
-                    to_version=params["target_version"], reason=params["reason"], actor=actor,
-                    model_name=params["model_name"],
-                ))
-            except StepFailed as exc:
-                raise AirflowFailException(str(exc)) from exc
+        return run_step("registry", action="rollback", overrides={
+            "to_version": params["target_version"], "reason": params["reason"], "model_name": params["model_name"],
+            "actor": getattr(dag_run, "triggering_user_name", None) or "airflow"})
 
     rollback()
 

@@ -478,6 +478,24 @@ def test_a_rejected_version_is_recorded_and_never_promoted(store):
     assert [e["action"] for e in registry.audit_events(name)] == ["staged", "rejected"]
 
 
+def test_cli_records_a_rejection_the_way_the_dag_does(store, llmops):
+    """``llmops registry approval`` is what the DAG's record_rejection / promote tasks run."""
+    name = "rejected-from-the-shell"
+    config = candidate_files(store.root / "rejected-cli", store.model_dir, fingerprint="cfg-rejected-cli",
+                             model_name=name)
+    version = registry.register(config)["version"]
+    code, result = llmops(["registry", "approval", "--model-name", name, "--version", f"v{version}",
+                           "--decision", "rejected", "--by", "erin", "--comment", "off-topic answers"])
+    assert code == 0 and result == {"model_name": name, "version": version, "approval": "rejected", "by": "erin"}
+    code, _ = llmops(["registry", "promote", "--model-name", name, "--version", version,
+                      "--expected-production", "none"])
+    assert code == 1
+    assert registry.alias_versions(name) == {"staging": version}
+    assert [e["action"] for e in registry.audit_events(name)] == ["staged", "rejected"]
+    code, _ = llmops(["registry", "approval", "--model-name", name, "--version", version, "--decision", "maybe"])
+    assert code == 2  # a configuration error, named before anything is written
+
+
 def test_rollback_to_an_unknown_version_names_it(lifecycle):
     with pytest.raises(StepFailed, match=f"{MODEL} has no version '99'"):
         registry.rollback(RollbackConfig(to_version="99"))

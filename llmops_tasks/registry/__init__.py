@@ -400,6 +400,27 @@ def record_approval(version: str, *, approved: bool, by: str, comment: str = "",
 
 
 @dataclass
+class ApprovalConfig(RegistryConfig):
+    version: str = field("", help="model version the decision is about (required)")
+    decision: Literal["approved", "rejected"] = field("approved", help="approved, or rejected (never promoted after)")
+    by: str = field("", help="who decided (default: $LLMOPS_ACTOR or the OS user)")
+    comment: str = field("", help="why: recorded on the version and in its audit log")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.version = str(self.version).strip().removeprefix("v")
+        require(bool(self.version), "registry approval: version is required")
+        require(self.decision in ("approved", "rejected"),
+                f"registry approval: decision must be approved or rejected, got {self.decision!r}")
+
+
+def approval(config: ApprovalConfig) -> dict:
+    """``llmops registry approval``: record a human's decision (or a waiver) on a version; moves no alias."""
+    return record_approval(config.version, approved=config.decision == "approved", by=config.by,
+                           comment=config.comment, model_name=config.model_name)
+
+
+@dataclass
 class RollbackConfig(AliasMoveConfig):
     to_version: str = field("", help="version to put back in production (default: 'previous-production')")
     reason: str = field("", help="why: recorded on both versions and in the audit log")
@@ -533,5 +554,6 @@ def command():
         "status": Command(StatusConfig, status, "show each alias (staging, production, previous-production) and its version",
                           render=render_status),
         "promote": Command(PromoteConfig, promote, "move 'production' to a version (compare-and-set, audited)"),
+        "approval": Command(ApprovalConfig, approval, "record an approval or a rejection of a version (audited)"),
         "rollback": Command(RollbackConfig, rollback, "move 'production' back to 'previous-production' (audited)"),
     }
