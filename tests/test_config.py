@@ -21,7 +21,6 @@ from llmops_tasks.local import samples
 from llmops_tasks.split import SplitConfig
 from llmops_tasks.train import TrainConfig
 
-
 HEAVY_MODULES = ("torch", "transformers", "trl", "great_expectations", "mlflow", "evaluate", "pandas")
 REQUIRED = {"base_model": "base", "train_data": "train.jsonl"}
 SFT = train.config_class("sft")  # what `llmops train sft` loads: its trainer: section is trl.SFTConfig's

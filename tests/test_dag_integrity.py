@@ -19,7 +19,6 @@ import pytest
 
 from llmops_tasks.local import embedded
 
-
 DAG_FILES = sorted(p for p in embedded.dags_folder().glob("*.py") if p.name != "__init__.py")
 HEAVY = ("torch", "transformers", "trl", "peft", "pandas", "great_expectations", "mlflow", "evaluate",
          "datasets", "sacrebleu", "rouge_score",

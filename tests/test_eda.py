@@ -16,7 +16,6 @@ from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.eda import EdaConfig, histogram, percentile, run
 from llmops_tasks.local import samples
 
-
 ROWS = [
     {"id": "a", "prompt": "how do I reset it", "chosen": "open settings then reset", "rejected": "no",
      "source": "chat"},

@@ -39,7 +39,6 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from llmops_airflow.operators import step_operator
 from llmops_airflow.operators.local import LocalStepOperator
 
-
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"  # ':' and '+' are not valid in label values
 WORKER_SECRET = "hf_worker_token_must_not_reach_pods"
 K8S_VERSIONS = ("1.30", "1.33")

@@ -15,7 +15,6 @@ from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.local import samples
 from llmops_tasks.validate import ValidateConfig, run
 
-
 RECIPE = Path(__file__).resolve().parents[1] / "llmops_tasks" / "policies" / "validate_preference.yaml"
 # The console-script entry point, run as a real process: same code path as `llmops validate ...`.
 CLI = [sys.executable, "-c", "import sys; from llmops_tasks.cli import main; sys.exit(main())"]
