@@ -14,7 +14,6 @@ handlers: every Airflow component imports the plugin, only the API server serves
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,8 @@ from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
+
+from llmops_tasks.core.html import esc, page
 
 URL_PREFIX = "/llmops"
 DAG_ID = "llm_retraining"
@@ -57,10 +58,6 @@ def _artifact_root() -> Path:
     from llmops_tasks.core import settings
 
     return Path(settings.artifact_root()).resolve()
-
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 def _mlflow_ui() -> str:
@@ -149,9 +146,8 @@ th{background:#f0f4f8} .alias{display:inline-block;background:#e3f8ff;border-rad
 
 def render_page(models: list[dict], decisions: list[dict], user_name: str) -> str:
     ui = _mlflow_ui()
-    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>LLMOps approvals</title><style>{STYLE}</style>"
-              "</head><body>"), "<h1>LLMOps approvals</h1>",
-             (f"<p class='muted'>Signed in as {_esc(user_name)}. Approve or reject a waiting promotion in "
+    parts = ["<h1>LLMOps approvals</h1>",
+             (f"<p class='muted'>Signed in as {esc(user_name)}. Approve or reject a waiting promotion in "
               "Airflow's <em>Required actions</em>; this page shows what the decision rests on.</p>"),
              "<h2>Registered models</h2>"]
     if not models:
@@ -159,19 +155,19 @@ def render_page(models: list[dict], decisions: list[dict], user_name: str) -> st
     for model in models:
         name = model["name"]
         aliases = " ".join(
-            f"<span class='alias {_esc(alias)}'>{_esc(alias)}: v{_esc(version)}</span>"
+            f"<span class='alias {esc(alias)}'>{esc(alias)}: v{esc(version)}</span>"
             for alias, version in sorted(model["aliases"].items()))
-        parts.append(f"<h3><a href='{_esc(ui)}/#/models/{_esc(quote(name, safe=''))}'>{_esc(name)}</a> {aliases}</h3>")
+        parts.append(f"<h3><a href='{esc(ui)}/#/models/{esc(quote(name, safe=''))}'>{esc(name)}</a> {aliases}</h3>")
         parts.append("<table><tr><th>version</th><th>aliases</th><th>method</th><th>metrics</th><th>gate</th>"
                      "<th>approval</th><th>DAG run</th></tr>")
         for row in model["versions"]:
             link = f"{ui}/#/models/{quote(name, safe='')}/versions/{quote(row['version'], safe='')}"
             parts.append(
-                f"<tr><td><a href='{_esc(link)}'>v{_esc(row['version'])}</a></td>"
-                f"<td>{_esc(', '.join(row['aliases']))}</td><td>{_esc(row['method'])}</td>"
-                f"<td>{_esc(_metrics_text(row['metrics']))}</td><td>{_esc(row['gate'])}</td>"
-                f"<td>{_esc(row['approval'])}<br><span class='muted'>{_esc(row['comment'])}</span></td>"
-                f"<td>{_esc(row['dag_run'])}</td></tr>")
+                f"<tr><td><a href='{esc(link)}'>v{esc(row['version'])}</a></td>"
+                f"<td>{esc(', '.join(row['aliases']))}</td><td>{esc(row['method'])}</td>"
+                f"<td>{esc(_metrics_text(row['metrics']))}</td><td>{esc(row['gate'])}</td>"
+                f"<td>{esc(row['approval'])}<br><span class='muted'>{esc(row['comment'])}</span></td>"
+                f"<td>{esc(row['dag_run'])}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Latest gate decisions</h2>")
     if not decisions:
@@ -182,15 +178,14 @@ def render_page(models: list[dict], decisions: list[dict], user_name: str) -> st
         for row in decisions:
             verdict = "<span class='passed'>passed</span>" if row["passed"] else "<span class='rejected'>rejected</span>"
             links = " · ".join(
-                f"<a href='{_esc(URL_PREFIX)}/reports/{_esc(quote(rel))}' target='_blank'>{_esc(label)}</a>"
+                f"<a href='{esc(URL_PREFIX)}/reports/{esc(quote(rel))}' target='_blank'>{esc(label)}</a>"
                 for label, rel in row["reports"].items())
             parts.append(
-                f"<tr><td>{_esc(row['run'])}</td><td>{verdict}<br>{_esc(row['reason'])}</td>"
-                f"<td>{_esc(_metrics_text(row['candidate']))}</td><td>{_esc(row['champion'])}</td>"
+                f"<tr><td>{esc(row['run'])}</td><td>{verdict}<br>{esc(row['reason'])}</td>"
+                f"<td>{esc(_metrics_text(row['candidate']))}</td><td>{esc(row['champion'])}</td>"
                 f"<td>{links}</td></tr>")
         parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return page("LLMOps approvals", "\n".join(parts), STYLE)
 
 
 @app.get("/", response_class=HTMLResponse)
