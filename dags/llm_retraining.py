@@ -148,7 +148,7 @@ def llm_retraining():
     def eda(inputs: dict, validation: dict) -> dict:
         return run_step("eda", overrides={"dataset": inputs["dataset"], "kind": "preference", "previous": "auto"})
 
-    @task(retries=0)
+    @task
     def split(inputs: dict, validation: dict, params=None) -> dict:
         return run_step("split", overrides={"dataset": inputs["dataset"], "eval_fraction": params["eval_fraction"]})
 

@@ -43,7 +43,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "train": ("llmops_tasks.train", "fine-tune with TRL (sft, dpo, reward, grpo, rloo, kto, orpo)"),
     "evaluate": ("llmops_tasks.evaluate", "generate on the eval set and score candidate vs champion"),
     "gate": ("llmops_tasks.gate", "decide whether a candidate may be registered, from its metrics"),
-    "registry": ("llmops_tasks.registry", "MLflow model registry: register, status, promote, rollback"),
+    "registry": ("llmops_tasks.registry", "MLflow model registry: register, status, promote, rollback, approval"),
     "env": ("llmops_tasks.local.embedded", "print the embedded deployment's variables as shell exports"),
     "demo": ("llmops_tasks.local.demo", "run the llm_retraining DAG end to end on the embedded defaults"),
     "up": ("llmops_tasks.local.services", "start Airflow and MLflow as services on loopback for the embedded home"),

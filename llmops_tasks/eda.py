@@ -38,7 +38,7 @@ from llmops_tasks.core.html import esc, page
 from llmops_tasks.core.settings import RunContext
 from llmops_tasks.text import pii
 from llmops_tasks.text.columns import KeySet, TextColumn, ascii_words, combine_keys, text_keys, token_counter
-from llmops_tasks.text.records import TEXT_COLUMNS, checked_columns
+from llmops_tasks.text.records import TEXT_COLUMNS, checked_columns, prompt_cell
 
 log = logging.getLogger(__name__)
 # EdaConfig.previous: find the previous snapshot's report through MLflow.
@@ -224,8 +224,9 @@ class Profile:
         for kinds in hits.values():
             self.pii_hits.update(kinds)
         self.pii_rows += len(hits)
-        if "prompt" in texts:
-            self._add_prompts(texts["prompt"])
+        if "prompt" in texts:  # prompts by their identity (prompt_cell: a conversation's last turn), as validate
+            prompt = texts["prompt"]
+            self._add_prompts(prompt if prompt.column_wise else TextColumn.of(chunk, "prompt", prompt_cell))
         if "source" in self.columns:
             sources = self._sources(chunk)
             names, counts = np.unique(sources, return_counts=True)

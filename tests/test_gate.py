@@ -224,7 +224,6 @@ def test_run_writes_the_report_with_the_decision(tmp_path, monkeypatch):
     assert "report_path" not in no_report and no_report["passed"] is True
 
 
-@pytest.mark.integration
 def test_gate_step_stops_a_regressing_candidate_and_shows_why(tmp_path, monkeypatch, caplog, mlflow_store):
     """The step the DAG's gate task runs (``run_step("gate", ...)``), real MLflow on SQLite: its log
     line, decision, report and MLflow run; a rejection is a verdict (Rejected), a missing file a failure."""

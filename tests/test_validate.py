@@ -462,3 +462,26 @@ def test_whitespace_is_what_str_split_uses():
     from llmops_tasks.text.columns import WHITESPACE
 
     assert WHITESPACE == "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+
+
+def test_a_prompt_is_its_last_turn_for_duplication_and_contamination(tmp_path):
+    """Conversations that differ only in their system prompt ask the same question: validate's
+    prompt rules and split's assignment (text.records.prompt_key) agree on that."""
+    from llmops_tasks.text.records import prompt_key
+
+    def conversation(system: str, question: str) -> list[dict]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+    rows = [{"prompt": conversation(f"style {i}", "How do I reset my VPN token?"),
+             "chosen": f"Open the portal, then step {i}.", "rejected": f"No idea {i}."} for i in range(4)]
+    dataset = write_rows(tmp_path / "conv.jsonl", rows)
+    result = validate(dataset, tmp_path, max_prompt_duplication=1.0, severity={"length_bias": "warn"})
+    report = json.loads(Path(result["report"]).read_text())
+    duplication = next(r for r in report["rules"] if r["rule"] == "prompt_duplication")
+    assert duplication["observed_value"] == 0.75 and duplication["unique_prompts"] == 1
+    # the eval set asks it without a system prompt, and with other punctuation: still contamination
+    against = write_rows(tmp_path / "eval.jsonl", [{"prompt": "how do I reset my VPN token", "reference": "x"}])
+    message, report = expect_failure(dataset, tmp_path / "against", against=against,
+                                     max_prompt_duplication=1.0, severity={"length_bias": "warn"})
+    assert "prompt_not_in_against_normalized (4 rows" in message
+    assert len({prompt_key(r["prompt"]) for r in rows} | {prompt_key("how do I reset my VPN token")}) == 1

@@ -2,9 +2,10 @@
 
 A cell is a string or a conversation (a list of ``{role, content}`` messages, content possibly in
 the multimodal ``[{"type": "text", "text": ...}]`` form). :func:`flatten_text` is how validate and
-eda read a cell; :func:`prompt_key` is what "the same prompt" means everywhere (the split's
-disjointness, the contamination check, prompt duplication): the prompt's last turn, equal up to
-case, spacing, punctuation and Unicode form.
+eda read a cell. A prompt's identity is :func:`prompt_cell`, its last turn (validate's prompt
+duplication and exact contamination rule, eda's prompt statistics); :func:`prompt_key` is that turn
+normalized up to case, spacing, punctuation and Unicode form (the split's assignment, and so its
+disjointness, and the normalized contamination rule).
 """
 
 from __future__ import annotations

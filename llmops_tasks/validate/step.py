@@ -87,7 +87,7 @@ def run(config: ValidateConfig) -> dict[str, Any]:
         # anything is trained, rather than when evaluate reads it after the training has been paid for.
         report_dir = (config.report_dir or RunContext.from_env().step_dir("validate")).rstrip("/")
         against_config = load(ValidateConfig, resolve_policy(config.against_policy),
-                              {"dataset": config.against, "report_dir": f"{report_dir}/eval_set"})
+                              {"dataset": config.against, "kind": "eval", "report_dir": f"{report_dir}/eval_set"})
         against_result, against_failure = _tracked(against_config, "validate_eval_set")
         result["eval_set"] = {key: against_result.get(key) for key in EVAL_SET_KEYS}
         failures += [against_failure] if against_failure else []

@@ -190,8 +190,8 @@ def render_page(models: list[dict], decisions: list[dict], user_name: str) -> st
 
 @app.get("/", response_class=HTMLResponse)
 def approvals_page(user: CurrentUser) -> HTMLResponse:
-    page = render_page(registry_overview(), gate_decisions(_artifact_root()), user.get_name())
-    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+    html = render_page(registry_overview(), gate_decisions(_artifact_root()), user.get_name())
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
 @app.get("/api/summary")
