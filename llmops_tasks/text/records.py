@@ -100,8 +100,8 @@ def prompt_cell(value: Any) -> tuple[str | None, str | None]:
 
 
 def prompt_key(value: Any) -> str:
-    r"""What "the same prompt" means everywhere (split, contamination, prompt duplication): the
-    :func:`normalize`\ d text of :func:`prompt_cell`. Equal keys, same prompt."""
+    r"""What "the same prompt, up to case, spacing and punctuation" means (the split's assignment,
+    the normalized contamination rule): the :func:`normalize`\ d text of :func:`prompt_cell`."""
     text, _ = prompt_cell(value)
     return normalize(text or "")
 
