@@ -80,18 +80,18 @@ def temporary_env(values: Mapping[str, str | None]) -> Iterator[None]:
     """Set (or, with None, remove) environment variables for a block; restore them afterwards."""
     saved = {key: os.environ.get(key) for key in values}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _apply(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _apply(saved)
+
+
+def _apply(values: Mapping[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
