@@ -9,13 +9,18 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test install lint bench clean-home airflow
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+$(STAMP): setup.cfg pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	# torch first, pinned: 2.13.0 is the CPU wheel on this machine's disk. An unpinned torch
 	# request would pull a multi-GB CUDA build from the index.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[airflow,train,dev]"
+	# checkov (tests/test_k8s_policy.py: Kubernetes and Dockerfile policies) in a virtualenv of its
+	# own: it pins packages that conflict with constraints.txt. About 25 s on a 2-core machine.
+	@test -x $(VENV)/tools/checkov/bin/python || $(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/tools/checkov/bin/python -m pip install --quiet checkov==3.3.30
 	@touch $(STAMP)
 
 install: $(STAMP)

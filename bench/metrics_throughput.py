@@ -11,6 +11,10 @@ all three alike):
 - Metric.compute: the same modules through ``evaluate``'s public ``compute``, for the overhead it adds.
 
 Prints the times, the ratios to raw (target for ours: <= 1.2x) and checks that the numbers agree.
+
+Then the same for Chinese, Japanese, Russian and Arabic pairs, where ours tokenizes for the
+references' script (``llmops_tasks/metrics/tokenization.py``): raw is sacrebleu and rouge_score
+given those same tokenizers, and the line also shows what their defaults made of the text.
 """
 
 from __future__ import annotations
@@ -50,19 +54,66 @@ def make_pairs(count: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return predictions, references
 
 
-def raw(predictions: list[str], references: list[str]) -> dict[str, float]:
+# (reference, a close answer): one word or character changed, as in a model answer
+LANGUAGES = {
+    "zh": [("今天天气很好，我们去公园散步吧。", "今天天气很好，我们去公园走走吧。"),
+           ("请在周五之前完成这份报告。", "请在周五以前完成这份报告。"),
+           ("图书馆每天早上九点开门。", "图书馆每天上午九点开门。")],
+    "ja": [("今日は天気がとても良いので、公園に行きます。", "今日は天気が良いので、公園に行きました。"),
+           ("金曜日までにこの報告書を完成させてください。", "金曜日までに報告書を完成させてください。"),
+           ("図書館は毎朝九時に開きます。", "図書館は毎朝十時に開きます。")],
+    "ru": [("Сегодня хорошая погода, пойдём гулять в парк.", "Сегодня отличная погода, пойдём гулять в парк."),
+           ("Пожалуйста, закончите отчёт до пятницы.", "Пожалуйста, закончите этот отчёт до пятницы."),
+           ("Библиотека открывается каждый день в девять утра.", "Библиотека открывается каждый день в десять утра.")],
+    "ar": [("الطقس جميل اليوم، لنذهب إلى الحديقة.", "الطقس رائع اليوم، لنذهب إلى الحديقة."),
+           ("من فضلك أكمل التقرير قبل يوم الجمعة.", "من فضلك أكمل هذا التقرير قبل يوم الجمعة."),
+           ("تفتح المكتبة كل يوم في الساعة التاسعة صباحا.", "تفتح المكتبة كل يوم في الساعة العاشرة صباحا.")],
+}
+
+
+def raw(predictions: list[str], references: list[str], bleu_tokenizer: str = "13a", rouge_tokenizer=None):
     import sacrebleu
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    class Tokens:  # the object with a tokenize() method rouge_score takes
+        def tokenize(self, text):
+            return rouge_tokenizer(text)
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"],
+                                      tokenizer=Tokens() if rouge_tokenizer else None)
     sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     for prediction, reference in zip(predictions, references):
         scores = scorer.score(reference, prediction)
         for key in sums:
             sums[key] += scores[key].fmeasure
-    result = {"bleu": sacrebleu.corpus_bleu(predictions, [references]).score / 100.0}
+    result = {"bleu": sacrebleu.corpus_bleu(predictions, [references], tokenize=bleu_tokenizer).score / 100.0}
     result.update({key: value / len(predictions) for key, value in sums.items()})
     return result
+
+
+def other_languages(count: int, repeats: int) -> None:
+    """Per language: the tokenization chosen, ours against raw with the same tokenizers, and the defaults."""
+    from llmops_tasks.metrics import tokenization
+
+    print(f"other languages, {count} pairs each (best of {repeats}):")
+    for language, pairs in LANGUAGES.items():
+        references = [pairs[i % len(pairs)][0] for i in range(count)]
+        predictions = [pairs[i % len(pairs)][1] for i in range(count)]
+        chosen = tokenization.choose(references)
+        times = {"raw": float("inf"), "ours": float("inf")}
+        for _ in range(repeats):
+            start = time.perf_counter()
+            theirs = raw(predictions, references, chosen.bleu, chosen.rouge_callable())
+            times["raw"] = min(times["raw"], time.perf_counter() - start)
+            start = time.perf_counter()
+            result = ours(predictions, references)
+            times["ours"] = min(times["ours"], time.perf_counter() - start)
+        same = all(abs(result[k] - theirs[k]) < 1e-12 for k in theirs)
+        defaults = raw(predictions, references)
+        print(f"  {language} ({chosen.detected_script}: bleu {chosen.bleu}, rouge {chosen.rouge})  "
+              f"ours {times['ours']:.3f} s = {times['ours'] / times['raw']:.2f}x raw, numbers equal: {same}  "
+              + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.items()))
+              + "  | defaults: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(defaults.items())))
 
 
 def ours(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -86,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--language-pairs", type=int, default=1000, help="pairs per other language (0: skip)")
     args = parser.parse_args()
 
     predictions, references = make_pairs(args.pairs)
@@ -111,6 +163,8 @@ def main() -> None:
         same = all(abs(result[k] - reference_values[k]) < 1e-12 for k in reference_values)
         print(f"  {name:30s} numbers equal to raw: {same}  "
               + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.items())))
+    if args.language_pairs:
+        other_languages(args.language_pairs, args.repeats)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Triggered by hand when the `production` model misbehaves. Moves alias `productio
 registered model to `target_version` (empty: the version holding `previous-production`, the one
 the last promotion replaced); the version it takes production from becomes `previous-production`,
 so running it twice flips back. The same `llmops registry rollback` the CLI runs: the move waits
-for any promotion in progress, refuses a version that never passed its gate, and is recorded on
-both versions (who, when, why, this DAG run) and in the model's audit log.
+for any promotion in progress, refuses a version that never passed its gate, one a human
+rejected, one never approved (nor waived where the deployment allows it) and one gated by a
+non-standard policy the deployment does not allow, and is recorded on both versions (who, when,
+why, this DAG run) and in the model's audit log.
 
 MLflow settings come from the Airflow Connection `mlflow_default` when it exists (read when the
 task runs), else from the worker's environment.
@@ -31,11 +33,13 @@ DAG_ID = "model_rollback"
     doc_md=__doc__,
     tags=["llmops", "mlflow", "rollback"],
     params={
-        "target_version": Param("", type="string", pattern=r"^[0-9]*$", title="Version to restore",
+        # Optional fields are nullable: the trigger form treats an empty "string" as missing.
+        "target_version": Param(None, type=["null", "string"], pattern=r"^[0-9]*$", title="Version to restore",
                                 description="Model version number; empty: the 'previous-production' version."),
         "reason": Param("", type="string", minLength=3, title="Reason",
-                        description="Why production is rolled back; recorded on both versions and in the audit log."),
-        "model_name": Param("", type="string", title="Registered model",
+                        description="Why production is rolled back (required); recorded on both versions and in "
+                                    "the audit log."),
+        "model_name": Param(None, type=["null", "string"], title="Registered model",
                             description="Empty: $LLMOPS_MODEL_NAME (default llmops-chat)."),
     },
 )
@@ -44,7 +48,8 @@ def model_rollback():
     def rollback(params=None, dag_run=None) -> dict:
         """Move production back; a refusal (no such version, no gate) fails without retry."""
         return run_step("registry", action="rollback", overrides={
-            "to_version": params["target_version"], "reason": params["reason"], "model_name": params["model_name"],
+            "to_version": params["target_version"] or "", "reason": params["reason"],
+            "model_name": params["model_name"] or "",
             "actor": getattr(dag_run, "triggering_user_name", None) or "airflow"})
 
     rollback()

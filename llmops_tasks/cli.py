@@ -24,12 +24,13 @@ import logging
 import os
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from llmops_tasks import __version__
-from llmops_tasks.core import logs
+from llmops_tasks.core import logs, settings
 from llmops_tasks.core.command import Command
-from llmops_tasks.core.config import ConfigError, deep_merge, load, parse_overrides
+from llmops_tasks.core.config import ConfigError, deep_merge, load, parse_json_overrides, parse_overrides
 from llmops_tasks.core.errors import StepFailed
 
 log = logging.getLogger("llmops_tasks.cli")
@@ -50,16 +51,34 @@ STEPS: dict[str, tuple[str, str]] = {
 }
 
 
+# Steps that run with a packaged policy unless --config names another, as the DAG's tasks do, so a
+# step run by hand applies the same limits (validate: at least 100 rows for a preference set):
+# step -> (the setting that picks the policy, the policy's file name pattern).
+DEFAULT_CONFIG: dict[str, tuple[str, str]] = {"validate": ("kind", "validate_{}.yaml")}
+
+
 def _commands(module_name: str) -> Command | dict[str, Command]:
     return importlib.import_module(module_name).command()
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML recipe; its keys are the settings below")
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type, step: str | None = None) -> None:
+    config_help = "YAML recipe or policy (a path, or the file name of a packaged one); its keys are the settings below"
+    if step in DEFAULT_CONFIG:
+        key, pattern = DEFAULT_CONFIG[step]
+        choices = typing.get_args(typing.get_type_hints(config_cls)[key])
+        config_help += (f". Default: the packaged policy of --{key.replace('_', '-')} "
+                         f"({', '.join(pattern.format(c) for c in choices)} in llmops_tasks/policies), as the DAG "
+                         "runs it; the defaults shown below are those under the policy")
+    parser.add_argument("--config", metavar="FILE", help=config_help.replace("%", "%%"))
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one setting (repeatable); wins over the recipe; a dotted key reaches into a section "
         "(--set trainer.learning_rate=3e-4)",
+    )
+    parser.add_argument(
+        "--set-json", dest="json_overrides", action="append", default=[], metavar="JSON",
+        help="settings as a JSON object (repeatable; nested objects reach into sections); over the recipe, "
+        "under --set and the flags below (--set-json '{\"trainer\": {\"max_steps\": 50}}')",
     )
     parser.add_argument(
         "--result-file", metavar="PATH", default=os.environ.get("LLMOPS_RESULT_FILE"),
@@ -87,11 +106,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
         )
 
 
-def _add_command(subparsers, name: str, command: Command) -> None:
+def _add_command(subparsers, name: str, command: Command, step: str | None = None) -> None:
     parser = subparsers.add_parser(
         name, help=command.help, description=command.help,
     )
-    _add_config_flags(parser, command.config_cls)
+    _add_config_flags(parser, command.config_cls, step)
     parser.set_defaults(_command=command)
 
 
@@ -111,7 +130,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         commands = _commands(module_name)
         if isinstance(commands, Command):
-            _add_command(subparsers, name, commands)
+            _add_command(subparsers, name, commands, name)
             continue
         group = subparsers.add_parser(name, help=help_text, description=help_text)
         nested = group.add_subparsers(dest="action", metavar="<action>", required=True)
@@ -124,8 +143,43 @@ def _collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     fields = {k.removeprefix("field__"): v for k, v in vars(args).items() if k.startswith("field__")}
     for name, value in fields.items():
         if isinstance(value, list):  # a section's KEY=VALUE pairs
-            fields[name] = parse_overrides(value)
-    return deep_merge(fields, parse_overrides(args.overrides))
+            fields[name] = parse_overrides(value, flag="--" + name.replace("_", "-"))
+    return deep_merge(parse_json_overrides(args.json_overrides), deep_merge(fields, parse_overrides(args.overrides)))
+
+
+def default_config(step: str, config_cls: type, overrides: dict[str, Any]) -> str | None:
+    """The packaged policy ``step`` runs with when no --config is given (:data:`DEFAULT_CONFIG`), else None."""
+    if step not in DEFAULT_CONFIG:
+        return None
+    key, pattern = DEFAULT_CONFIG[step]
+    field = next(f for f in dataclasses.fields(config_cls) if f.name == key)
+    value = overrides.get(key, field.default)
+    try:
+        return settings.packaged_policy(pattern.format(str(value).strip()))
+    except FileNotFoundError:
+        return None  # a value the setting's own check refuses, naming what it expects
+
+
+def _path_error(exc: OSError) -> str:
+    if exc.filename is None:
+        return str(exc)
+    where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+    return f"{where}: {exc.strerror or type(exc).__name__}"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _check_result_file(path: str | None) -> None:
+    """Refuse, before the step runs, a result file that could never be written."""
+    if path and "://" not in path:
+        local = Path(path).expanduser()
+        if local.is_dir():
+            raise ConfigError(f"--result-file: {path} is a folder; expected a file to write the result JSON to")
+        parent = next((p for p in local.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ConfigError(f"--result-file: {parent} is a file, so {path} cannot be created")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,11 +194,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup()
     try:
-        config = load(command.config_cls, args.config, _collect_overrides(args))
-        result = command.run(config)
+        overrides = _collect_overrides(args)
+        config_file = args.config
+        if not config_file and (config_file := default_config(args.step, command.config_cls, overrides)):
+            log.info("llmops %s: settings from the packaged policy %s (--config names another)", args.step,
+                     config_file)
+        config = load(command.config_cls, config_file, overrides)
+        _check_result_file(args.result_file)
+        result = command.run(config)  # which first checks the config's paths (Command.run)
         status = 0
     except ConfigError as exc:
-        log.error("llmops %s: configuration error: %s", args.step, exc)
+        log.error("llmops %s: configuration error: %s", args.step, _one_line(str(exc)))
+        return 2
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # a path the settings name that the step could not read or write (a folder given for a file,
+        # a file in the way of a folder, no permission): the settings' fault, not the step's
+        log.debug("llmops %s: path error", args.step, exc_info=True)
+        log.error("llmops %s: configuration error: %s", args.step, _one_line(_path_error(exc)))
         return 2
     except StepFailed as exc:
         log.error("llmops %s: %s", args.step, exc)

@@ -51,17 +51,19 @@ BIGRAM_CAP = 500_000  # distinct bigrams kept before pruning to the most frequen
 class EdaConfig:
     """Settings of the ``eda`` step."""
 
-    dataset: str = field("", help="data set to describe: path or URI of a .jsonl or .parquet file (required)")
+    dataset: str = field("", path="input",
+                         help="data set to describe: path or URI of a .jsonl or .parquet file (required)")
     kind: Literal["preference", "sft", "eval"] = field("preference", help="kind of data set")
-    out: str = field("", help="folder for eda.json and eda.html (default: the run's eda step folder)")
+    out: str = field("", path="output", help="folder for eda.json and eda.html (default: the run's eda step folder)")
     bins: int = field(20, help="bars per length histogram")
     top_k: int = field(20, help="how many prompt bigrams, duplicated prompts and sources to list")
-    tokenizer: str = field("", help="tokenizer folder or name for token lengths (AutoTokenizer); "
-                                    "empty = whitespace-separated words")
-    previous: str = field("", help="eda.json of the previous data set snapshot, to report what changed; "
-                                   f"{PREVIOUS_AUTO!r} = the report of this DAG's most recent finished eda run "
-                                   "from an earlier DAG run, found through MLflow (none on the first run); "
-                                   "empty = no comparison")
+    tokenizer: str = field("", path="model", help="tokenizer folder or name for token lengths (AutoTokenizer); "
+                                                 "empty = whitespace-separated words")
+    previous: str = field("", path="input", keywords=(PREVIOUS_AUTO,),
+                          help="eda.json of the previous data set snapshot, to report what changed; "
+                               f"{PREVIOUS_AUTO!r} = the report of this DAG's most recent finished eda run "
+                               "from an earlier DAG run, found through MLflow (none on the first run); "
+                               "empty = no comparison")
     chunk_rows: int = field(50_000, help="rows read at a time; bounds memory for large data sets")
 
     def __post_init__(self) -> None:

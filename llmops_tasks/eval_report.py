@@ -2,8 +2,10 @@
 
 It shows every metric of the candidate and the champion with its 95% bootstrap interval, the
 interval of the difference against zero, the gate's rules when a decision is given, and the eval
-examples where the candidate gained and lost most, side by side. No script, stylesheet, font or
-image is fetched: the charts are inline SVG, and every piece of text from the data is HTML-escaped.
+examples where the candidate gained and lost most, side by side. It says how BLEU and ROUGE
+tokenized the text, and names any metric that could not measure (its 0 means nothing). No
+script, stylesheet, font or image is fetched: the charts are inline SVG, and every piece of text
+from the data is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -132,9 +134,14 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     def interval(pair) -> str:
         return f"[{_num(pair[0])}, {_num(pair[1])}]" if pair else "–"
 
+    unmeasurable = metrics.get("unmeasurable") or {}
     lines = [("<table><tr><th>metric</th><th>candidate</th><th>95% interval</th><th>champion</th>"
               "<th>95% interval</th><th>difference</th><th>95% interval of the difference</th></tr>")]
     for metric in _metrics_in(metrics):
+        if metric in unmeasurable:
+            lines.append(f'<tr><td>{esc(METRIC_LABELS[metric])}</td><td colspan="6" class="fail">not measured: '
+                         f"{esc(_why(unmeasurable, metric))}</td></tr>")
+            continue
         lines.append(
             f"<tr><td>{esc(METRIC_LABELS[metric])}</td>"
             f'<td class="num">{_num(metrics["candidate"][metric])}</td>'
@@ -146,6 +153,23 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
         )
     lines.append("</table>")
     return "".join(lines)
+
+
+def _why(unmeasurable: dict[str, Any] | list, metric: str) -> str:
+    return str(unmeasurable[metric]) if isinstance(unmeasurable, dict) else "recorded as unmeasurable"
+
+
+def _tokenization_section(metrics: dict[str, Any]) -> str:
+    """How BLEU and ROUGE split the text (it decides what the numbers mean), and what could not be measured."""
+    tokens = metrics.get("tokenization") or {}
+    text = (f'<p class="muted">Tokenization: {esc(tokens["summary"])}.</p>' if tokens.get("summary")
+            else '<p class="muted">Tokenization: not recorded (sacrebleu 13a and rouge_score defaults).</p>')
+    unmeasurable = metrics.get("unmeasurable") or {}
+    if unmeasurable:
+        items = "".join(f"<li>{esc(METRIC_LABELS.get(m, m))}: {esc(_why(unmeasurable, m))}</li>" for m in unmeasurable)
+        text += (f'<div class="banner fail">Not measured (a score of 0 here measures nothing; the gate fails any '
+                 f"rule on these metrics):<ul>{items}</ul></div>")
+    return text
 
 
 def _decision_section(decision: dict[str, Any] | None) -> str:
@@ -210,6 +234,7 @@ def render(
         f'(sha256 {esc(str(metrics.get("eval_hash", ""))[:12])}); candidate {esc(metrics.get("candidate_model"))}; '
         f'champion {esc(metrics.get("champion_model"))}; {level}% paired bootstrap intervals over '
         f'{esc(metrics.get("bootstrap_samples"))} resamples; reward: {esc(metrics.get("reward", ""))}.</p>'
+        f"{_tokenization_section(metrics)}"
         f"{_decision_section(decision)}"
         f"<h2>Metrics</h2>{_metrics_table(metrics)}"
         f'<h2>Candidate and champion</h2><div class="charts">{charts}</div>'

@@ -15,9 +15,16 @@ A paired bootstrap over eval examples gives 95% confidence intervals of candidat
 every metric the gate can check (and of each model's own score, for the report).
 
 BLEU is reported on a 0-1 scale (sacrebleu's score / 100) so that one regression tolerance means
-the same on every text metric. The champion's answers and log-probabilities depend only on the
-champion, the eval set and the generation settings, so they are cached under
-``$LLMOPS_HOME/cache/predictions/`` and reused by every later run against the same champion.
+the same on every text metric. Both metrics tokenize for the eval set's language: the references'
+majority script picks sacrebleu's tokenizer and ROUGE's tokens (``metrics/tokenization.py``: English
+keeps sacrebleu's and rouge_score's defaults, Chinese gets ``zh`` and characters, Russian ``intl``
+and Unicode words, ...), unless the recipe names them; the choice is in metrics.json
+(``tokenization``). A text metric whose references have no token under its tokenizer can only
+score 0: it is listed under ``unmeasurable`` with the reason, and the gate fails any rule on it.
+
+The champion's answers and log-probabilities depend only on the champion, the eval set and the
+generation settings, so they are cached under ``$LLMOPS_HOME/cache/predictions/`` and reused by
+every later run against the same champion.
 """
 
 from __future__ import annotations
@@ -25,16 +32,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmops_tasks.core import data, settings
-from llmops_tasks.core.config import field, require
+from llmops_tasks.core.config import ConfigError, field, require
 from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.core.settings import RunContext
+from llmops_tasks.metrics import tokenization
 from llmops_tasks.serving import generation
 from llmops_tasks.text.records import answer_text
+
+log = logging.getLogger(__name__)
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 TEXT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
@@ -45,34 +57,46 @@ LOWER_IS_BETTER = frozenset({"perplexity"})
 CI_LEVEL = 0.95
 # Bumped when the fields cached per champion answer change, so older cache files are not reused.
 CACHE_FORMAT = 2
+# Generation progress is logged after the first batch, then at most this often, then at the end.
+PROGRESS_EVERY_S = 10.0
 
 
 @dataclass
 class EvaluateConfig:
     candidate_model: str = field(
-        "", help="model to judge: a folder written by save_pretrained, or a hub id (default: the run's train/model)"
+        "", path="model", help="model to judge: a folder written by save_pretrained, or a hub id (default: the run's train/model)"
     )
     champion_model: str = field(
-        "production",
+        "production", path="model", keywords=("production",),
         help="model to beat: a folder, a hub id, or 'production' (the registry's production version, "
         "else base_model)",
     )
     base_model: str = field(
-        "", help="base model, the champion while nothing is in production (default: the embedded tiny model)"
+        "", path="model", help="base model, the champion while nothing is in production (default: the embedded tiny model)"
     )
-    eval_data: str = field("", help="eval set with prompt and reference columns (default: the run's split/eval.jsonl)")
-    out_dir: str = field("", help="output folder (default: the run's evaluate/ folder)")
+    eval_data: str = field("", path="input",
+                           help="eval set with prompt and reference columns (default: the run's split/eval.jsonl)")
+    out_dir: str = field("", path="output", help="output folder (default: the run's evaluate/ folder)")
     max_new_tokens: int = field(32, help="tokens generated per answer at most")
     batch_size: int = field(16, help="prompts generated together")
     seed: int = field(0, help="seed for torch and the bootstrap")
     max_samples: int = field(0, help="score only the first N eval rows (0 = all)")
     bootstrap_samples: int = field(1000, help="paired bootstrap resamples for the confidence intervals (0 = none)")
     reference_model: str = field(
-        "",
+        "", path="model", keywords=("base",),
         help="reference model for DPO implicit rewards beta*(log pi - log pi_ref): a folder, a hub id or 'base' "
         "(base_model); empty: the reward is the summed log-probability of the answer",
     )
     beta: float = field(0.1, help="DPO beta scaling the implicit reward when reference_model is set")
+    bleu_tokenizer: str = field(
+        "", help=f"sacrebleu tokenizer for BLEU, one of {', '.join(tokenization.BLEU_TOKENIZERS)}; "
+        "empty: chosen from the references' script (13a for English, zh for Chinese, ja-mecab, intl, ...)"
+    )
+    rouge_tokenizer: str = field(
+        "", help=f"tokens ROUGE counts, one of {', '.join(tokenization.ROUGE_TOKENIZERS)}; empty: chosen from "
+        "the references' script (default = rouge_score's own for English, char for Chinese/Japanese/Korean/Thai, "
+        "unicode-words for other scripts)"
+    )
     report: bool = field(True, help="write report.html (metrics, intervals, best and worst examples)")
 
     def __post_init__(self) -> None:
@@ -86,6 +110,13 @@ class EvaluateConfig:
             f"evaluate: bootstrap_samples must be 0 (no intervals) or more, got {self.bootstrap_samples}",
         )
         require(self.beta > 0, f"evaluate: beta must be above 0, got {self.beta}")
+        self.bleu_tokenizer, self.rouge_tokenizer = self.bleu_tokenizer.strip(), self.rouge_tokenizer.strip()
+        require(self.bleu_tokenizer in ("", *tokenization.BLEU_TOKENIZERS),
+                f"evaluate: bleu_tokenizer must be empty (automatic) or one of "
+                f"{', '.join(tokenization.BLEU_TOKENIZERS)}, got {self.bleu_tokenizer!r}")
+        require(self.rouge_tokenizer in ("", *tokenization.ROUGE_TOKENIZERS),
+                f"evaluate: rouge_tokenizer must be empty (automatic) or one of "
+                f"{', '.join(tokenization.ROUGE_TOKENIZERS)}, got {self.rouge_tokenizer!r}")
         self.reference_model = self.reference_model.strip()
         context = RunContext.from_env()
         self.candidate_model = self.candidate_model or f"{context.step_dir('train')}/model"
@@ -245,11 +276,33 @@ def _score_answers(model, tokenizer, device, pairs: list[tuple[Any, str]], batch
     return scores
 
 
-def _predict(model_ref: str, rows: list[dict[str, Any]], config: EvaluateConfig) -> list[dict[str, Any]]:
+class GenerationProgress:
+    """Logs "<who> answers: done/total prompts (rate, time left)" after the first batch, then at
+    most every ``every`` seconds, and when the last batch is done: a steady line in the task log."""
+
+    def __init__(self, who: str, every: float = PROGRESS_EVERY_S) -> None:
+        self.who, self.every = who, every
+        self.start = time.monotonic()
+        self.logged_at: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and self.logged_at is not None and now - self.logged_at < self.every:
+            return
+        self.logged_at = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        left = f", about {(total - done) / rate:.0f} s left" if done < total and rate > 0 else ""
+        log.info("evaluate: %s answers: %d/%d prompts (%.1f prompts/s%s)", self.who, done, total, rate, left)
+
+
+def _predict(model_ref: str, rows: list[dict[str, Any]], config: EvaluateConfig,
+             who: str = "model") -> list[dict[str, Any]]:
     """The model's answers and its log-probabilities of the reference (and chosen/rejected) answers."""
     answers = generation.generate(
         model_ref, [r["prompt"] for r in rows],
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed,
+        progress=GenerationProgress(who),
     )
     predicted = [{**row, "prediction": text, "gen_tokens": length} for row, (text, length) in zip(rows, answers)]
     model, tokenizer, device = generation.load_model(model_ref, padding_side="right")  # one load for every answer scored
@@ -292,12 +345,20 @@ def _compute(metric, **kwargs):
     return metric._compute(**kwargs)
 
 
-def score(predictions: list[str], references: list[str]) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Corpus scores ({bleu, rouge1, rouge2, rougeL}, all 0-1) and the per-example ROUGE F-measures."""
-    bleu = _compute(load_metric("sacrebleu"), predictions=predictions, references=[[r] for r in references])
+def score(
+    predictions: list[str], references: list[str], tokens: tokenization.Tokenization | None = None
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Corpus scores ({bleu, rouge1, rouge2, rougeL}, all 0-1) and the per-example ROUGE F-measures.
+
+    ``tokens`` says how both metrics tokenize; None chooses it from the references' script (on
+    English: sacrebleu's and rouge_score's defaults, so the numbers are theirs).
+    """
+    tokens = tokens or tokenization.choose(references)
+    bleu = _compute(load_metric("sacrebleu"), predictions=predictions, references=[[r] for r in references],
+                    tokenize=tokens.bleu)
     rouge = _compute(
         load_metric("rouge"), predictions=predictions, references=references,
-        rouge_types=["rouge1", "rouge2", "rougeL"], use_aggregator=False,
+        rouge_types=["rouge1", "rouge2", "rougeL"], use_aggregator=False, tokenizer=tokens.rouge_callable(),
     )
     scores = {"bleu": bleu["score"] / 100.0}
     for key in ("rouge1", "rouge2", "rougeL"):
@@ -336,12 +397,14 @@ def likelihood_scores(
     return values, per_example
 
 
-def _statistic_matrix(predictions: list[str], references: list[str], per_example: dict[str, list[float]]):
+def _statistic_matrix(predictions: list[str], references: list[str], per_example: dict[str, list[float]],
+                      bleu_tokenizer: str = "13a"):
     """Per-example sufficient statistics: BLEU n-gram counts, ROUGE, pairs, NLL and token counts."""
     import numpy as np
     from sacrebleu.metrics import BLEU
 
-    bleu = BLEU()  # the same defaults as corpus_bleu, hence as the sacrebleu metric module
+    # corpus_bleu's defaults but the tokenizer, hence the sacrebleu metric module's numbers in score()
+    bleu = BLEU(tokenize=bleu_tokenizer)
     stats = {"bleu": np.asarray(bleu._extract_corpus_statistics(predictions, [references]), dtype=np.float64)}
     stats.update({key: np.asarray(values, dtype=np.float64) for key, values in per_example.items()})
     return bleu, stats
@@ -371,6 +434,7 @@ def paired_bootstrap(
     *,
     samples: int,
     seed: int,
+    bleu_tokenizer: str = "13a",
 ) -> dict[str, dict]:
     """95% percentile intervals over ``samples`` paired resamples of the eval examples.
 
@@ -379,12 +443,13 @@ def paired_bootstrap(
     examples, so the interval of candidate - champion ("delta") is not widened by which examples
     happened to be drawn. Corpus BLEU and perplexity are recomputed on each resample from summed
     per-example statistics, the way sacrebleu's own paired bootstrap test does, so a resample costs
-    a matrix product, not a re-tokenization.
+    a matrix product, not a re-tokenization. ``bleu_tokenizer`` must be the one :func:`score` used;
+    the ROUGE values come per example from it already tokenized.
     """
     import numpy as np
 
-    bleu, ours = _statistic_matrix(candidate[0], references, candidate[1])
-    _, theirs = _statistic_matrix(champion[0], references, champion[1])
+    bleu, ours = _statistic_matrix(candidate[0], references, candidate[1], bleu_tokenizer)
+    _, theirs = _statistic_matrix(champion[0], references, champion[1], bleu_tokenizer)
     n = len(references)
     rng = np.random.default_rng(seed)
     draws: dict[str, dict[str, list]] = {"candidate": {}, "champion": {}}
@@ -411,19 +476,32 @@ def paired_bootstrap(
     return result
 
 
+def choose_tokenization(references: list[str], config: EvaluateConfig) -> tokenization.Tokenization:
+    """The recipe's tokenizers, else those for the references' script; logged, since they decide what
+    the numbers mean."""
+    try:
+        tokens = tokenization.choose(references, bleu=config.bleu_tokenizer, rouge=config.rouge_tokenizer)
+    except ValueError as exc:
+        raise ConfigError(f"evaluate: {exc}") from exc
+    log.info("evaluate: tokenization: %s", tokens.summary())
+    return tokens
+
+
 def run(config: EvaluateConfig) -> dict:
     rows = read_eval_set(config.eval_data, config.max_samples)
+    references = [r["reference"] for r in rows]
+    tokens = choose_tokenization(references, config)  # before any model runs: a missing tokenizer fails fast
     eval_hash = data.content_hash(config.eval_data)
     out = config.out_dir.rstrip("/")
     candidate_ref = _model_ref(config.candidate_model)
     champion = resolve_champion(config)
 
-    candidate_rows = _predict(candidate_ref, rows, config)
+    candidate_rows = _predict(candidate_ref, rows, config, who="candidate")
     cache_path = champion_cache_path(champion, eval_hash, config)
     champion_rows = _cached_predictions(cache_path, rows)
     champion_cached = champion_rows is not None
     if champion_rows is None:
-        champion_rows = _predict(champion["model_dir"], rows, config)
+        champion_rows = _predict(champion["model_dir"], rows, config, who="champion")
         data.write_jsonl(str(cache_path), champion_rows)
 
     reference_logps = None
@@ -440,11 +518,10 @@ def run(config: EvaluateConfig) -> dict:
         "candidate_predictions": f"{out}/predictions_candidate.jsonl",
         "champion_predictions": f"{out}/predictions_champion.jsonl",
     }
-    references = [r["reference"] for r in rows]
     results: dict[str, dict[str, float]] = {}
     per_example: dict[str, dict[str, list[float]]] = {}
     for name, predicted in (("candidate", candidate_rows), ("champion", champion_rows)):
-        results[name], per_example[name] = score([r["prediction"] for r in predicted], references)
+        results[name], per_example[name] = score([r["prediction"] for r in predicted], references, tokens)
         likelihood, likelihood_rows = likelihood_scores(predicted, reference_logps, config.beta)
         results[name].update(likelihood)
         per_example[name].update(likelihood_rows)
@@ -465,7 +542,11 @@ def run(config: EvaluateConfig) -> dict:
             ([r["prediction"] for r in champion_rows], per_example["champion"]),
             samples=config.bootstrap_samples,
             seed=config.seed,
+            bleu_tokenizer=tokens.bleu,
         )
+    unmeasurable = tokenization.unmeasurable(references, tokens)
+    for metric, why in unmeasurable.items():
+        log.warning("evaluate: %s could not be measured: %s; the gate fails any rule on it", metric, why)
     metrics = {
         "candidate": results["candidate"],
         "champion": results["champion"],
@@ -486,6 +567,8 @@ def run(config: EvaluateConfig) -> dict:
         "eval_hash": eval_hash,
         "predictions": {"candidate": paths["candidate_predictions"], "champion": paths["champion_predictions"]},
         "generation": {"max_new_tokens": config.max_new_tokens, "greedy": True, "seed": config.seed},
+        "tokenization": tokens.record(),
+        "unmeasurable": unmeasurable,
     }
     if config.report:
         from llmops_tasks import eval_report
@@ -507,6 +590,8 @@ def run(config: EvaluateConfig) -> dict:
         "champion": results["champion"],
         "delta": delta,
         "ci": intervals["delta"],
+        "tokenization": metrics["tokenization"],
+        "unmeasurable": unmeasurable,
     }
 
 
@@ -523,8 +608,12 @@ def _log_to_mlflow(metrics: dict, paths: dict[str, str], config: EvaluateConfig)
     for group, by_metric in metrics["intervals"].items():
         for metric, (low, high) in by_metric.items():
             flat.update({f"{group}_{metric}_ci_low": low, f"{group}_{metric}_ci_high": high})
-    with tracking.step_run("evaluate", params=to_dict(config),
-                           tags={"champion": metrics["champion_label"]}) as run_id:
+    tokens = metrics["tokenization"]
+    tags = {"champion": metrics["champion_label"], "bleu_tokenizer": tokens["bleu"],
+            "rouge_tokenizer": tokens["rouge"], "eval_script": tokens["detected_script"]}
+    if metrics["unmeasurable"]:
+        tags["unmeasurable"] = ",".join(metrics["unmeasurable"])
+    with tracking.step_run("evaluate", params=to_dict(config), tags=tags) as run_id:
         tracking.log_metrics(run_id, flat)
         mlflow_client = tracking.client()
         for path in paths.values():

@@ -29,7 +29,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from llmops_tasks.core import data, tracking
+from llmops_tasks.core import data, settings, tracking
 from llmops_tasks.core.config import ConfigError, coerce, field, load_yaml, require
 from llmops_tasks.core.errors import Rejected, StepFailed
 from llmops_tasks.core.settings import RunContext
@@ -198,6 +198,14 @@ def decide(metrics: dict[str, Any], policy: GateConfig) -> dict[str, Any]:
             rules.append(_rule("min_improvement", metric, low, policy.min_improvement, passed, detail,
                                ci=interval, delta=value_of(metrics.get("delta") or {}, metric)))
 
+    # A metric evaluate could not measure (its references have no tokens) reads 0 on both sides:
+    # no rule on it may pass.
+    unmeasurable = metrics.get("unmeasurable") or {}
+    for r in rules:
+        if r["metric"] in unmeasurable:
+            why = unmeasurable[r["metric"]] if isinstance(unmeasurable, dict) else "evaluate recorded it as unmeasurable"
+            r.update(passed=False, detail=f"{r['metric']} could not be measured: {why}")
+
     failed = [r for r in rules if not r["passed"]]
     if failed:
         reason = "rejected: " + "; ".join(f"{r['rule']} ({r['metric']}): {r['detail']}" for r in failed)
@@ -226,8 +234,7 @@ def run(config: GateConfig) -> dict:
     """The whole step: decide, write decision.json (and report.html), record the step's MLflow run.
     A rejection raises :class:`Rejected` with the decision; a gate that cannot judge raises StepFailed."""
     decision = judge(config)
-    verdict = "PASSED" if decision["passed"] else "REJECTED (nothing is registered; downstream tasks skip)"
-    log.info("gate %s: %s", verdict, decision["reason"])
+    log.info("%s", "\n".join(explain(decision)))
     if decision.get("report_path"):
         log.info("gate report: %s", decision["report_path"])
     decision["mlflow_run_url"] = tracking.record_step(
@@ -237,6 +244,19 @@ def run(config: GateConfig) -> dict:
     if not decision["passed"]:
         raise Rejected(decision["reason"], decision)
     return decision
+
+
+def explain(decision: dict[str, Any]) -> list[str]:
+    """The decision as lines a person reads in a task log: the verdict, then one line per rule
+    (failed ones first), then how the policy compares with the deployment's standard one."""
+    verdict = "PASSED" if decision["passed"] else "REJECTED: nothing is registered"
+    lines = [f"gate {verdict} against {decision.get('champion_label') or 'the champion'}"]
+    rules = sorted(decision.get("rules") or [], key=lambda r: bool(r["passed"]))
+    lines += [f"  {'ok  ' if r['passed'] else 'FAIL'} {r['rule']} ({r['metric']}): {r['detail']}" for r in rules]
+    if decision.get("overrides"):
+        lines.append("  non-standard gate policy: " + ", ".join(
+            f"{name}={o['value']} (standard {o['standard']})" for name, o in decision["overrides"].items()))
+    return lines
 
 
 def judge(config: GateConfig) -> dict:
@@ -251,6 +271,7 @@ def judge(config: GateConfig) -> dict:
     if not isinstance(metrics, dict) or "candidate" not in metrics:
         raise StepFailed(f"gate: {config.metrics} is not an evaluate metrics.json (no 'candidate' scores)")
     decision = decide(metrics, config)
+    decision.update(standard_policy_check(config))
     out = config.out_dir.rstrip("/")
     decision["metrics_path"] = config.metrics
     decision["decision_path"] = f"{out}/decision.json"
@@ -259,6 +280,20 @@ def judge(config: GateConfig) -> dict:
         _write_report(decision["report_path"], metrics, decision)
     data.write_json(decision["decision_path"], decision)
     return decision
+
+
+def standard_policy_check(config: GateConfig) -> dict[str, Any]:
+    """How ``config``'s thresholds compare with the deployment's standard gate policy
+    (:func:`settings.gate_policy`): ``policy_standard`` is true when every threshold equals the
+    standard one, whatever file or setting they came from; ``overrides`` names each difference
+    with the standard value beside it. The registry refuses a non-standard gate unless the
+    deployment allows it (``LLMOPS_ALLOW_GATE_OVERRIDE``)."""
+    standard_file = settings.gate_policy()
+    standard = GateConfig(metrics=config.metrics, out_dir=config.out_dir, policy=standard_file).thresholds()
+    ours = config.thresholds()
+    overrides = {name: {"value": ours[name], "standard": standard[name]}
+                 for name in THRESHOLDS if ours[name] != standard[name]}
+    return {"policy_standard": not overrides, "standard_policy_file": standard_file, "overrides": overrides}
 
 
 def _write_report(path: str, metrics: dict[str, Any], decision: dict[str, Any]) -> None:

@@ -24,10 +24,10 @@ from llmops_tasks.text.records import answer_text, prompt_key
 
 @dataclass
 class SplitConfig:
-    dataset: str = field("", help="preference data set (JSONL or Parquet URI)")
+    dataset: str = field("", path="input", help="preference data set (JSONL or Parquet URI)")
     eval_fraction: float = field(0.2, help="share of distinct prompts held out for evaluation")
     salt: str = field("llmops", help="changes which prompts land in eval; keep it fixed to keep the eval set frozen")
-    out_dir: str = field("", help="output folder (default: the run's split/ folder)")
+    out_dir: str = field("", path="output", help="output folder (default: the run's split/ folder)")
 
     def __post_init__(self) -> None:
         require(bool(self.dataset), "split: dataset is required (a JSONL or Parquet URI)")

@@ -319,16 +319,16 @@ class TrainConfig:
         "load_in_4bit": "model.load_in_4bit",
     }
 
-    base_model: str = field("", help="base model: a local folder or a hub id (from_pretrained)")
-    train_data: str = field("", help="training data: prompt/completion rows for sft, prompt/chosen/rejected for the others")
-    output_dir: str = field("", help="where checkpoints and the final model go (default: the run's train/ folder)")
+    base_model: str = field("", path="model", help="base model: a local folder or a hub id (from_pretrained)")
+    train_data: str = field("", path="input", help="training data: prompt/completion rows for sft, prompt/chosen/rejected for the others")
+    output_dir: str = field("", path="output", help="where checkpoints and the final model go (default: the run's train/ folder)")
     num_processes: int = field(1, help="training processes, one per GPU; above 1 the step runs under accelerate launch")
     # the sections are mappings here; each method's config_class gives them their help and checks them
     trainer: dict[str, Any] = field(
         default_factory=dict, help="settings of the method's TRL config class")
     model: dict[str, Any] = field(
         default_factory=dict, help="model loading, LoRA and quantization (trl.ModelConfig)")
-    reward_model: str = field("", help="grpo, rloo: a trained reward model (folder or hub id); empty: train one first from train_data")
+    reward_model: str = field("", path="model", help="grpo, rloo: a trained reward model (folder or hub id); empty: train one first from train_data")
     reward_max_steps: int = field(0, help="grpo, rloo: steps for the reward model trained first (0: trainer.max_steps)")
     reward_trainer: dict[str, Any] = field(
         default_factory=dict,
@@ -409,7 +409,17 @@ def trainer_settings(config: TrainConfig, method: str) -> dict[str, Any]:
     if "data_seed" not in given and "data_seed" in known:
         default_seed = next(f.default for f in dataclasses.fields(cls) if f.name == "seed")
         settings["data_seed"] = settings.get("seed", default_seed)
+    if settings.get("bf16") and "use_cpu" in known and "use_cpu" not in given and not _has_accelerator():
+        # A GPU recipe (bf16) on a machine without one: transformers trains in bf16 on the CPU only
+        # when told it is on the CPU, and refuses otherwise. The recipe's precision stays.
+        settings["use_cpu"] = True
     return settings
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
 
 
 def trainer_args(config: TrainConfig, method: str, checkpoints: Path):
@@ -698,6 +708,17 @@ def _reward_model_for(config: TrainConfig, out: Path) -> tuple[str, dict | None]
     return reward["model_dir"], reward
 
 
+def _pretrained(cls: type, setting: str, name: str, **kwargs: Any):
+    """``cls.from_pretrained(name)``; a model a setting names that cannot be loaded (no such hub id, a
+    folder with no model in it) is a configuration error naming the setting, not a traceback."""
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"train: {setting} (--{setting.replace('_', '-')}) {name!r} cannot be loaded: "
+                          f"{reason}") from exc
+
+
 def _build_trainer(config: TrainConfig, method: str, rows: list[dict], args, callbacks: list, out: Path,
                    quantization=None):
     """The TRL trainer of ``method`` with ``args``, its model and tokenizer loaded from ``base_model``.
@@ -714,7 +735,7 @@ def _build_trainer(config: TrainConfig, method: str, rows: list[dict], args, cal
     torch.manual_seed(args.seed)
     load = _from_pretrained_kwargs(model_args, args, quantization)
     tokenizer_kwargs = {k: load[k] for k in ("revision", "trust_remote_code") if k in load}
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model, **tokenizer_kwargs)
+    tokenizer = _pretrained(AutoTokenizer, "base_model", config.base_model, **tokenizer_kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     shared = {"args": args, "train_dataset": Dataset.from_list(rows), "processing_class": tokenizer,
@@ -722,7 +743,7 @@ def _build_trainer(config: TrainConfig, method: str, rows: list[dict], args, cal
     trainer_cls = trl_trainer_class(method)
     extra: dict = {}
     if method == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(config.base_model, num_labels=1, **load)
+        model = _pretrained(AutoModelForSequenceClassification, "base_model", config.base_model, num_labels=1, **load)
         model.config.pad_token_id = tokenizer.pad_token_id
         return trainer_cls(model=model, **shared), tokenizer, extra
     if method in RL_METHODS:
@@ -731,14 +752,14 @@ def _build_trainer(config: TrainConfig, method: str, rows: list[dict], args, cal
         if reward_result:
             extra["reward_result"] = {k: reward_result[k] for k in ("model_dir", "global_step", "mlflow_run_id")
                                       if k in reward_result}  # ranks other than 0 only know model_dir
-        reward_tokenizer = AutoTokenizer.from_pretrained(reward_path)
+        reward_tokenizer = _pretrained(AutoTokenizer, "reward_model", reward_path)
         if reward_tokenizer.pad_token is None:
             reward_tokenizer.pad_token = reward_tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(config.base_model, **load)
+        model = _pretrained(AutoModelForCausalLM, "base_model", config.base_model, **load)
         trainer = trainer_cls(model=model, reward_funcs=reward_path, reward_processing_classes=reward_tokenizer,
                               **shared)
         return trainer, tokenizer, extra
-    model = AutoModelForCausalLM.from_pretrained(config.base_model, **load)
+    model = _pretrained(AutoModelForCausalLM, "base_model", config.base_model, **load)
     return trainer_cls(model=model, **shared), tokenizer, extra
 
 
@@ -796,8 +817,10 @@ def train(config: TrainConfig, method: str) -> dict:
     # TRL's own checks, before the data; a launching parent leaves them (and the GPUs) to its processes
     args = None if launching else trainer_args(config, method, checkpoints)
     if args is not None:
-        log.info("train %s: %s with %s", method, _qualified(type(args)),
-                 ", ".join(f"{k}={v}" for k, v in trainer_settings(config, method).items()))
+        # The whole resolved config (defaults < recipe < flags / the trigger form), as the run stores it.
+        resolved = run_params(config, method)
+        log.info("train %s: %s, resolved settings (defaults < recipe < flags):\n%s", method, _qualified(type(args)),
+                 "\n".join(f"  {k}: {v}" for k, v in sorted(resolved.items())))
     rows = _load_rows(config, method)
     if launching:
         return _launch_distributed(config, method, out)

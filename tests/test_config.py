@@ -89,6 +89,42 @@ def test_cli_flags_and_set_override_the_recipe(tmp_path):
     assert loaded.trainer == {"max_steps": 11, "beta": 0.25, "learning_rate": 0.01}
 
 
+def test_set_json_sits_between_the_recipe_and_set(tmp_path):
+    """What the DAG passes from the trigger form: only the fields set, typed, key by key over the recipe."""
+    path = recipe(tmp_path, """
+        base_model: base
+        train_data: train.jsonl
+        trainer:
+          max_steps: 7
+          learning_rate: 5.0e-6
+        model:
+          use_peft: true
+    """)
+    loaded = parse(["train", "dpo", "--config", str(path), "--set-json", '{"trainer": {"max_steps": 3}}',
+                    "--set-json", '{"base_model": "tiny"}', "--set", "trainer.seed=5"])
+    assert loaded.trainer == {"max_steps": 3, "learning_rate": 5e-6, "seed": 5}
+    assert (loaded.base_model, loaded.model) == ("tiny", {"use_peft": True})
+    assert parse(["train", "dpo", "--config", str(path), "--set-json", "{}"]).trainer["max_steps"] == 7
+    for bad, message in (("[1, 2]", "expects a JSON object, got list"), ("{max_steps: 3}", "expects a JSON object")):
+        with pytest.raises(ConfigError, match=message):
+            parse(["train", "dpo", "--config", str(path), "--set-json", bad])
+
+
+def test_a_packaged_recipe_or_policy_is_found_by_its_file_name(tmp_path, monkeypatch):
+    from llmops_tasks.core import settings
+
+    monkeypatch.chdir(tmp_path)
+    assert settings.config_file("dpo_llama_lora.yaml") == settings.packaged_recipe("dpo_llama_lora.yaml")
+    assert settings.config_file("gate.yaml") == settings.packaged_policy("gate.yaml")
+    own = tmp_path / "gate.yaml"  # a file of the team's own, named like a packaged one, wins
+    own.write_text("min_bleu: 0.1\n")
+    assert settings.config_file("gate.yaml") == str(own)
+    assert settings.config_file("recipes/mine.yaml") == str(tmp_path / "recipes" / "mine.yaml")
+    assert settings.config_file("s3://bucket/recipe.yaml") == "s3://bucket/recipe.yaml"
+    with pytest.raises(ConfigError, match=r"config file not found: nope.yaml .*packaged: .*dpo_llama_lora.yaml"):
+        config.load(TrainConfig, "nope.yaml")
+
+
 def test_split_recipe_precedence(tmp_path):
     path = recipe(tmp_path, """
         dataset: data.jsonl
@@ -96,7 +132,8 @@ def test_split_recipe_precedence(tmp_path):
         salt: recipe-salt
     """)
     loaded = config.load(SplitConfig, path, {"eval_fraction": 0.3})
-    assert (loaded.dataset, loaded.eval_fraction, loaded.salt) == ("data.jsonl", 0.3, "recipe-salt")
+    # a recipe's relative path is the current folder's, as on the command line
+    assert (loaded.dataset, loaded.eval_fraction, loaded.salt) == (str(Path.cwd() / "data.jsonl"), 0.3, "recipe-salt")
 
 
 # --------------------------------------------------------------------------- strictness

@@ -49,21 +49,29 @@ def test_retraining_dag_shape(dagbag):
     assert dag is not None
     assert dag.doc_md and "gate" in dag.doc_md
     assert {"llmops", "retraining"} <= set(dag.tags)
-    expected = ["resolve_inputs", "validate", "eda", "split", "train", "evaluate", "gate", "register",
-                "approval_route", "approve", "auto_approve", "promote", "record_rejection"]
+    expected = ["resolve_inputs", "validate", "eda", "split", "train", "evaluate", "gate", "candidate_rejected",
+                "register", "approval_route", "approve", "waive_approval", "promote", "close_mlflow_run"]
     assert sorted(dag.task_ids) == sorted(expected)
     # the pipeline order the docs promise
     order = ["validate", "split", "train", "evaluate", "gate", "register", "approval_route"]
     for upstream, downstream in itertools.pairwise(order):
         assert upstream in dag.get_task(downstream).upstream_task_ids or upstream in {
             t for t in dag.get_task(downstream).get_flat_relative_ids(upstream=True)}
+    # the gate branches: on to register, or to the task that fails the run by name
+    assert dag.get_task("gate").downstream_task_ids == {"register", "candidate_rejected"}
+    assert dag.get_task("candidate_rejected").retries == 0
     assert dag.get_task("promote").trigger_rule == "none_failed_min_one_success"
-    # a human Reject skips promote (the approval's direct downstream); the rejection is still recorded
-    assert dag.get_task("record_rejection").upstream_task_ids == {"promote", "register"}
-    assert dag.get_task("record_rejection").trigger_rule == "none_failed"
-    assert "comment" in dag.get_task("approve").params
+    assert dag.get_task("promote").upstream_task_ids == {"register", "approve", "waive_approval"}
+    # the approval records its own answer (a Reject skips promote, so nothing after it could)
+    approve = dag.get_task("approve")
+    assert type(approve).__name__ == "RecordedApproval" and approve.version_task_id == "register"
+    assert "comment" in approve.params
     assert params_default(dag, "require_approval") is True
-    assert type(dag.get_task("approve")).__name__ == "ApprovalOperator"
+    # the MLflow parent run is closed whatever happened
+    close = dag.get_task("close_mlflow_run")
+    assert close.is_teardown and close.upstream_task_ids == {"promote", "candidate_rejected"}
+    # empty gate fields: the policy decides
+    assert params_default(dag, "gate_min_bleu") is None and params_default(dag, "gate_max_regression") is None
     assert dag.get_task("train").retries >= 1
     # the trigger form: every Param typed, with the method restricted to known choices
     params = dag.params.dump()
@@ -72,6 +80,20 @@ def test_retraining_dag_shape(dagbag):
     assert schema["method"]["enum"] == ["sft", "dpo", "kto", "orpo", "grpo", "rloo"]
     assert all("type" in s for s in schema.values())
     assert dag.schedule is not None or dag.timetable is not None
+
+
+def test_unpausing_creates_no_run_before_the_next_cron_time(dagbag):
+    """The UI unpauses a DAG when someone triggers it: that must not start a scheduled run (with
+    default Params) for the latest past cron time ahead of the user's own run."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = dagbag.dags["llm_retraining"]
+    assert dag.start_date is None and dag.catchup is False
+    # the scheduler's view: the serialized DAG with its restriction (start date, catchup)
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    first = scheduled.next_dagrun_info(last_automated_run_info=None)
+    assert first is not None and first.run_after > pendulum.now("UTC")
 
 
 def params_default(dag, name):
@@ -118,8 +140,16 @@ def test_rollback_dag_shape(dagbag):
     assert dag.task_ids == ["rollback"]
     assert dag.doc_md and "previous-production" in dag.doc_md
     params = dag.params.dump()
-    assert params["target_version"] == ""  # empty: the previous-production version
+    assert params["target_version"] is None  # empty: the previous-production version
     assert dag.params.get_param("reason").schema["minLength"] >= 1
+    # the trigger form with its defaults and a reason is valid: empty optional fields are allowed
+    from airflow.sdk.definitions.param import ParamsDict
+
+    form = ParamsDict({k: dag.params.get_param(k) for k in params})
+    form["reason"] = "answers got worse"
+    assert form.validate()["target_version"] is None
+    with pytest.raises(Exception, match="does not match"):
+        form["target_version"] = "v2"
     assert dag.get_task("rollback").retries == 0
 
 

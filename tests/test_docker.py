@@ -122,6 +122,16 @@ def test_trainer_runs_the_cli_as_the_pods_non_root_user():
     assert "llmops = llmops_tasks.cli:main" in scripts["options.entry_points"]["console_scripts"]
 
 
+def test_airflow_image_names_its_non_root_user_and_checks_the_auth_manager():
+    """USER as the last instruction: the base image's airflow uid 50000 (the chart's `uid`), said in
+    this file so that the image's user does not depend on what the base left (checkov CKV_DOCKER_3);
+    the build fails if the FAB auth manager that docker/helm/values.yaml configures is missing."""
+    stage = final_stage("Dockerfile.airflow")
+    assert stage[-1][0] == "USER" and stage[-1][1] == "50000"
+    runs = [args for kw, args, _ in stage if kw == "RUN"]
+    assert any('python -c "import airflow.providers.fab.auth_manager.fab_auth_manager"' in run for run in runs)
+
+
 @pytest.mark.parametrize(("dockerfile", "extras"), [("Dockerfile.trainer", "train,qlora"), ("Dockerfile.airflow", "airflow")])
 def test_images_install_the_package_under_the_constraints(dockerfile, extras):
     runs = [args for kw, args, _ in final_stage(dockerfile) if kw == "RUN"]

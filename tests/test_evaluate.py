@@ -386,3 +386,112 @@ def test_likelihood_scores_from_logprobs():
     assert with_ref["reward_margin"] == pytest.approx((0.5 * (1.0 - (-1.0)) + 0.5 * (2.0 - 0.0)) / 2)
     assert per_example["preference_accuracy"] == [1.0, 0.0]
     assert likelihood_scores([{"reference_logp": -1.0, "reference_tokens": 1}], None, 0.1)[0].keys() == {"perplexity"}
+
+
+# --- tokenization for the eval set's language, and metrics that cannot measure ---
+
+CHINESE = [
+    ("今天的天气怎么样？", "今天天气很好，我们去公园散步吧。"),
+    ("报告什么时候交？", "请在周五之前完成这份报告。"),
+    ("图书馆几点开门？", "图书馆每天早上九点开门。"),
+    ("他早上做什么？", "他每天早上都看报纸。"),
+]
+
+
+@pytest.mark.unit
+def test_tokenizer_settings_are_validated(home):
+    config = EvaluateConfig(bleu_tokenizer=" zh ", rouge_tokenizer="char")
+    assert (config.bleu_tokenizer, config.rouge_tokenizer) == ("zh", "char")
+    assert (EvaluateConfig().bleu_tokenizer, EvaluateConfig().rouge_tokenizer) == ("", "")
+    with pytest.raises(ConfigError, match="bleu_tokenizer must be empty .automatic. or one of 13a"):
+        EvaluateConfig(bleu_tokenizer="moses")
+    with pytest.raises(ConfigError, match="rouge_tokenizer must be empty"):
+        EvaluateConfig(rouge_tokenizer="jieba")
+
+
+@pytest.mark.unit
+def test_bootstrap_uses_the_chosen_bleu_tokenizer():
+    """The resampled BLEU is the corpus BLEU under the same tokenizer: on Chinese, 13a would read 0."""
+    from llmops_tasks.evaluate import score
+    from llmops_tasks.metrics import tokenization
+
+    references = [answer for _, answer in CHINESE] * 5
+    predictions = [r.replace("早上", "上午").replace("之前", "以前") for r in references]
+    tokens = tokenization.choose(references)
+    scores, per_example = score(predictions, references, tokens)
+    intervals = paired_bootstrap(references, (predictions, per_example), (references, per_example),
+                                 samples=200, seed=0, bleu_tokenizer=tokens.bleu)
+    low, high = intervals["candidate"]["bleu"]
+    assert 0.3 < low <= scores["bleu"] <= high < 1.0
+    assert intervals["champion"]["bleu"] == pytest.approx([1.0, 1.0])
+    assert intervals["delta"]["bleu"][1] < 0
+    assert paired_bootstrap(references, (predictions, per_example), (references, per_example),
+                            samples=20, seed=0)["candidate"]["bleu"] == [0.0, 0.0]  # what 13a made of it
+
+
+@pytest.mark.unit
+def test_generation_progress_is_logged_at_a_steady_rate(caplog, monkeypatch):
+    from llmops_tasks import evaluate
+
+    clock = iter([0.0, 1.0, 2.0, 15.0, 16.0, 17.0])
+    monkeypatch.setattr(evaluate.time, "monotonic", lambda: next(clock))
+    progress = evaluate.GenerationProgress("candidate", every=10.0)
+    with caplog.at_level("INFO", logger="llmops_tasks.evaluate"):
+        for done in (16, 32, 48, 64, 80):
+            progress(done, 80)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "evaluate: candidate answers: 16/80 prompts (16.0 prompts/s, about 4 s left)",  # the first batch
+        "evaluate: candidate answers: 48/80 prompts (3.2 prompts/s, about 10 s left)",  # 10 s later
+        "evaluate: candidate answers: 80/80 prompts (4.7 prompts/s)",  # the end
+    ]
+
+
+@pytest.mark.unit
+def test_report_says_how_the_text_was_tokenized_and_what_was_not_measured():
+    from llmops_tasks import eval_report
+    from llmops_tasks.metrics import tokenization
+
+    tokens = tokenization.choose([answer for _, answer in CHINESE], rouge="default")
+    scores = {"bleu": 0.42, "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    metrics = {"candidate": scores, "champion": scores, "delta": {k: 0.0 for k in scores}, "n": 4,
+               "tokenization": tokens.record(),
+               "unmeasurable": tokenization.unmeasurable([answer for _, answer in CHINESE], tokens)}
+    page = eval_report.render(metrics, [], [])
+    assert "BLEU: sacrebleu tokenizer &#x27;zh&#x27;" in page and "references&#x27; script Han" in page
+    assert "Not measured" in page and page.count("not measured: no reference has a token") == 2  # ROUGE-1, ROUGE-L
+    assert "not measured: no reference has 2 tokens" in page
+    assert "Tokenization: not recorded" in eval_report.render({"candidate": scores, "champion": scores}, [], [])
+
+
+@pytest.mark.integration
+def test_chinese_eval_set_is_scored_in_characters_and_a_blind_metric_fails_the_gate(tiny, home, tmp_path, capsys):
+    """Two real tiny models on a Chinese eval set: metrics.json records the tokenization chosen; with
+    ROUGE forced to rouge_score's default (which sees no Chinese), the gate rejects by name instead of
+    passing two zeros."""
+    eval_path = tmp_path / "eval_zh.jsonl"
+    data.write_jsonl(str(eval_path), [{"prompt": p, "reference": r} for p, r in CHINESE])
+    common = ["--eval-data", str(eval_path), "--candidate-model", tiny["trained"], "--champion-model", tiny["random"],
+              "--bootstrap-samples", "50", "--max-new-tokens", "8"]
+    assert cli.main(["evaluate", *common, "--out-dir", str(tmp_path / "auto")]) == 0
+    log = capsys.readouterr().err  # the CLI's log lines
+    assert "evaluate: candidate answers: 4/4 prompts" in log and "evaluate: champion answers: 4/4 prompts" in log
+    assert "tokenization: BLEU: sacrebleu tokenizer 'zh'" in log
+    metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert {k: metrics["tokenization"][k] for k in ("bleu", "rouge", "detected_script", "source")} == {
+        "bleu": "zh", "rouge": "char", "detected_script": "Han", "source": "auto"}
+    assert metrics["unmeasurable"] == {}
+    assert "tokenizer &#x27;zh&#x27;" in Path(metrics["report"]).read_text()
+
+    assert cli.main(["evaluate", *common, "--out-dir", str(tmp_path / "blind"), "--rouge-tokenizer", "default",
+                     "--bleu-tokenizer", "char"]) == 0
+    blind = json.loads((tmp_path / "blind" / "metrics.json").read_text())
+    assert blind["tokenization"]["source"] == "recipe" and blind["tokenization"]["bleu"] == "char"
+    assert set(blind["unmeasurable"]) == {"rouge1", "rouge2", "rougeL"}
+    assert blind["candidate"]["rougeL"] == blind["champion"]["rougeL"] == 0.0
+    assert "rougeL could not be measured" in capsys.readouterr().err
+    assert cli.main(["gate", "--metrics", str(tmp_path / "blind" / "metrics.json"),
+                     "--out-dir", str(tmp_path / "gate")]) == 1
+    decision = json.loads((tmp_path / "gate" / "decision.json").read_text())
+    assert {"max_regression(rougeL)", "min_rougeL(rougeL)", "min_improvement(rougeL)"} <= set(decision["failed_rules"])
+    assert "rougeL could not be measured: no reference has a token under ROUGE tokenizer 'default'" in decision["reason"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmops_tasks import cli
-from llmops_tasks.core import config
+from llmops_tasks.core import config, settings
 from llmops_tasks.core.config import ConfigError
 from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.gate import GateConfig, decide, run
@@ -107,6 +107,32 @@ def test_policy_file_fills_thresholds_not_set_inline(tmp_path, monkeypatch):
     policy_file.write_text("min_rougeL: 0.3\nmax_regression: 0.05\nprimary_metric: bleu\n")
     gate = config.load(GateConfig, None, [f"policy={policy_file}", "max_regression=0.01"])
     assert (gate.min_rougeL, gate.max_regression, gate.primary_metric) == (0.3, 0.01, "bleu")
+
+
+def test_the_decision_says_whether_the_gate_ran_the_deployments_standard_policy(tmp_path, monkeypatch):
+    """Standard means: every threshold equals the deployment's policy's, whichever file they came from."""
+    from llmops_tasks.gate import standard_policy_check
+
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("LLMOPS_GATE_POLICY", raising=False)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(IMPROVING))
+    same = tmp_path / "copy-of-standard.yaml"
+    same.write_text(Path(settings.packaged_policy("gate.yaml")).read_text())
+    for standard in (GateConfig(metrics=str(metrics)), GateConfig(metrics=str(metrics), policy=str(same))):
+        assert standard_policy_check(standard) == {
+            "policy_standard": True, "standard_policy_file": settings.packaged_policy("gate.yaml"), "overrides": {}}
+    loosened = GateConfig(metrics=str(metrics), max_regression=0.5)
+    assert standard_policy_check(loosened)["overrides"] == {"max_regression": {"value": 0.5, "standard": 0.02}}
+    decision = run(GateConfig(metrics=str(metrics), out_dir=str(tmp_path / "gate"), max_regression=0.5, report=False))
+    assert decision["policy_standard"] is False and "max_regression" in decision["overrides"]
+    # a deployment with a stricter standard policy of its own
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("min_rougeL: 0.3\n")
+    monkeypatch.setenv("LLMOPS_GATE_POLICY", str(strict))
+    assert standard_policy_check(GateConfig(metrics=str(metrics)))["overrides"] == {
+        "min_rougeL": {"value": 0.0, "standard": 0.3}}
+    assert standard_policy_check(GateConfig(metrics=str(metrics), policy=str(strict)))["policy_standard"] is True
 
 
 def test_unknown_or_bad_settings_are_configuration_errors(tmp_path, monkeypatch):
@@ -241,7 +267,8 @@ def test_gate_step_stops_a_regressing_candidate_and_shows_why(tmp_path, monkeypa
         run(GateConfig(metrics=str(bad), **policy))
     log = caplog.text
     decision = rejected.value.result
-    assert "gate REJECTED (nothing is registered; downstream tasks skip): rejected: max_regression (bleu)" in log
+    # one line per rule, the failed ones first: what a person reads in the task log
+    assert "gate REJECTED: nothing is registered against production v3\n  FAIL max_regression (bleu): bleu 0.3000" in log
     assert decision["passed"] is False
     assert decision["policy_file"].endswith("policies/gate.yaml")
     assert Path(decision["report_path"]).read_text().count("REJECTED") >= 1 and decision["report_path"] in log
@@ -253,3 +280,28 @@ def test_gate_step_stops_a_regressing_candidate_and_shows_why(tmp_path, monkeypa
     with pytest.raises(StepFailed, match="metrics file not found") as missing:  # a crash, not a rejection
         run(GateConfig(metrics=str(tmp_path / "missing.json"), **policy))
     assert not isinstance(missing.value, Rejected)
+
+
+def test_a_metric_evaluate_could_not_measure_fails_every_rule_on_it_by_name(policy):
+    """Both models at 0.0 on a metric whose references have no tokens: no measurement, so no pass."""
+    blind = metrics({"bleu": 0.40, "rougeL": 0.0}, {"bleu": 0.35, "rougeL": 0.0},
+                    ci={"bleu": [0.01, 0.09], "rougeL": [0.0, 0.0]})
+    assert decide(blind, policy)["passed"] is True  # what the gate did before evaluate said so
+    why = "no reference has a token under ROUGE tokenizer 'default' (rouge_score's own: lower-cased a-z0-9 runs)"
+    blind["unmeasurable"] = {"rougeL": why}
+    decision = decide(blind, policy)
+    assert decision["passed"] is False
+    assert failed(decision) == [("min_rougeL", "rougeL"), ("max_regression", "rougeL"), ("min_improvement", "rougeL")]
+    assert all(r["detail"] == f"rougeL could not be measured: {why}" for r in decision["rules"] if not r["passed"])
+    assert decision["reason"].startswith(f"rejected: min_rougeL (rougeL): rougeL could not be measured: {why}")
+    assert all(r["passed"] for r in decision["rules"] if r["metric"] == "bleu")
+
+
+def test_both_models_at_zero_on_a_measurable_metric_is_a_measurement(policy):
+    """References with tokens, answers sharing none: 0.0 is a real score and the rules judge it."""
+    zero = metrics({"rouge2": 0.0}, {"rouge2": 0.0}, ci={"bleu": [0.01, 0.09], "rougeL": [0.02, 0.10]})
+    zero["unmeasurable"] = {}
+    decision = decide(zero, policy)
+    assert decision["passed"] is True
+    rouge2 = next(r for r in decision["rules"] if r["metric"] == "rouge2")
+    assert rouge2["passed"] and rouge2["detail"].startswith("rouge2 0.0000 vs 0.0000")

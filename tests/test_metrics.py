@@ -144,3 +144,168 @@ def test_rouge_types_multiple_references_and_custom_tokenizer():
     assert metric.compute(predictions=same, references=same) == {
         "rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0, "rougeLsum": 1.0,
     }
+
+
+# --- tokenization for the eval set's language (llmops_tasks/metrics/tokenization.py) ---
+
+# (references, answers that overlap them, unrelated answers sharing no token with them, not even punctuation)
+LANGUAGES = {
+    "zh": (["今天天气很好，我们去公园散步吧。", "请在周五之前完成这份报告。", "图书馆每天早上九点开门。", "他每天早上都看报纸。"],
+           ["今天天气很好，我们去公园走走吧。", "请在周五以前完成这份报告。", "图书馆每天上午九点开门。", "他每天早上都读报纸。"],
+           ["小狗喜欢吃骨头", "火车已经出发", "电脑需要重新启动", "价格涨了"]),
+    "ja": (["今日は天気がとても良いので、公園に行きます。", "金曜日までにこの報告書を完成させてください。",
+            "図書館は毎朝九時に開きます。", "彼は毎朝新聞を読みます。"],
+           ["今日は天気が良いので、公園に行きました。", "金曜日までに報告書を完成させてください。",
+            "図書館は毎朝十時に開きます。", "彼は毎朝新聞を読んでいます。"],
+           ["ロボット製造業者", "東京駅前", "赤信号", "野菜スープ"]),
+    "ru": (["Сегодня хорошая погода, пойдём гулять в парк.", "Пожалуйста, закончите отчёт до пятницы.",
+            "Библиотека открывается каждый день в девять утра.", "Он читает газету каждое утро."],
+           ["Сегодня отличная погода, пойдём гулять в парк.", "Пожалуйста, закончите этот отчёт до пятницы.",
+            "Библиотека открывается каждый день в десять утра.", "Каждое утро он читает газету."],
+           ["Кошка спала", "Поезд отправляется", "Перезагрузите компьютер", "Цены выросли"]),
+    "ar": (["الطقس جميل اليوم، لنذهب إلى الحديقة.", "من فضلك أكمل التقرير قبل يوم الجمعة.",
+            "تفتح المكتبة كل يوم في الساعة التاسعة صباحا.", "يقرأ الجريدة كل صباح."],
+           ["الطقس رائع اليوم، لنذهب إلى الحديقة.", "من فضلك أكمل هذا التقرير قبل يوم الجمعة.",
+            "تفتح المكتبة كل يوم في الساعة العاشرة صباحا.", "يقرأ الصحيفة كل صباح."],
+           ["القطة نائمة", "انطلق القطار", "أعد تشغيل الحاسوب", "ارتفعت الأسعار"]),
+}
+EXPECTED = {"zh": ("Han", "zh", "char"), "ja": ("Japanese", "ja-mecab", "char"),
+            "ru": ("Cyrillic", "intl", "unicode-words"), "ar": ("Arabic", "intl", "unicode-words")}
+
+
+@pytest.mark.parametrize("language", sorted(LANGUAGES))
+def test_non_english_eval_sets_are_measured(language):
+    """Overlapping answers score high, unrelated ones exactly 0; rouge_score's default saw nothing in either."""
+    from llmops_tasks.evaluate import score
+    from llmops_tasks.metrics import tokenization
+
+    references, close, unrelated = LANGUAGES[language]
+    chosen = tokenization.choose(references)
+    assert (chosen.detected_script, chosen.bleu, chosen.rouge, chosen.source) == (*EXPECTED[language], "auto")
+    assert chosen.note == ""  # ja-mecab's MeCab and IPA dictionary are installed (the train extra)
+    near, per_example = score(close, references, chosen)
+    far, _ = score(unrelated, references, chosen)
+    assert near["bleu"] > 0.5 and all(near[k] > 0.6 for k in ("rouge1", "rouge2", "rougeL")), near
+    assert all(0.0 < v < 1.0 for v in per_example["rougeL"])
+    assert far == {"bleu": 0.0, "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    assert tokenization.unmeasurable(references, chosen) == {}
+    # The numbers are sacrebleu's and rouge_score's own, with the chosen tokenizers.
+    assert near["bleu"] == sacrebleu.corpus_bleu(close, [references], tokenize=chosen.bleu).score / 100
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=rouge_module_tokenizer(chosen.rouge_callable()))
+    assert per_example["rougeL"] == [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(close, references)]
+    # What the defaults made of it: rouge_score's tokenizer drops every character outside a-z0-9.
+    default_rouge = rouge_scorer.RougeScorer(["rougeL"])
+    assert all(default_rouge.score(r, p)["rougeL"].fmeasure == 0.0 for p, r in zip(close, references))
+
+
+def rouge_module_tokenizer(func):
+    class Wrapped:
+        def tokenize(self, text):
+            return func(text)
+
+    return Wrapped()
+
+
+def test_a_chinese_answer_sharing_11_of_12_characters_is_close_not_zero():
+    """The finding: under the defaults BLEU and ROUGE were 0 here."""
+    from llmops_tasks.evaluate import score
+
+    reference, answer = "我们明天上午去公园散步吧", "我们明天下午去公园散步吧"
+    assert sacrebleu.corpus_bleu([answer], [[reference]]).score == 0.0
+    assert rouge_scorer.RougeScorer(["rougeL"]).score(reference, answer)["rougeL"].fmeasure == 0.0
+    scores, _ = score([answer], [reference])
+    assert scores["rouge1"] == scores["rougeL"] == pytest.approx(11 / 12)
+    # char n-gram precisions 11/12, 9/11, 7/10, 5/9, no brevity penalty
+    assert scores["bleu"] == pytest.approx((11 / 12 * 9 / 11 * 7 / 10 * 5 / 9) ** 0.25)
+
+
+def test_english_stays_exactly_sacrebleu_and_rouge_score_defaults():
+    from llmops_tasks.evaluate import score
+    from llmops_tasks.metrics import tokenization
+
+    chosen = tokenization.choose(REFERENCES)
+    assert (chosen.detected_script, chosen.bleu, chosen.rouge, chosen.source) == ("Latin", "13a", "default", "auto")
+    scores, per_example = score(PREDICTIONS, REFERENCES)
+    assert scores["bleu"] == sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score / 100
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    direct = [scorer.score(r, p) for p, r in zip(PREDICTIONS, REFERENCES)]
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert per_example[key] == [s[key].fmeasure for s in direct]
+        assert scores[key] == sum(s[key].fmeasure for s in direct) / len(direct)
+    assert chosen.record()["bleu_signature"] == "13a"
+
+
+def test_latin_with_letters_outside_a_z_keeps_its_words_in_rouge():
+    from llmops_tasks.metrics import tokenization
+
+    german = ["Ich würde gern über die Brücke gehen.", "Die Größe der Tür ist ungewöhnlich."]
+    chosen = tokenization.choose(german)
+    assert (chosen.detected_script, chosen.bleu, chosen.rouge) == ("Latin", "13a", "unicode-words")
+    assert tokenization.unicode_words("Über die Brücke") == ["über", "die", "brücke"]
+    # An English set with a stray accented word keeps rouge_score's default.
+    assert tokenization.choose([*REFERENCES, "We met at the café."]).rouge == "default"
+
+
+def test_script_detection_weighs_words_not_letters():
+    from llmops_tasks.metrics import tokenization
+
+    # Japanese with Latin words in it is Japanese; Korean, Thai and text without letters have their own choice.
+    assert tokenization.choose(["Pythonのlistをsortする方法を教えてください"]).detected_script == "Japanese"
+    korean = tokenization.choose(["오늘은 날씨가 좋아서 공원에 갑니다."])
+    assert (korean.detected_script, korean.bleu, korean.rouge) == ("Hangul", "ko-mecab", "char")
+    thai = tokenization.choose(["วันนี้อากาศดีมาก ไปเดินเล่นที่สวนกัน"])
+    assert (thai.detected_script, thai.bleu, thai.rouge) == ("Thai", "char", "char")
+    assert tokenization.choose(["42", "3.14"]).detected_script == "none"
+    assert tokenization.chars("データをPythonで処理する。") == ["デ", "ー", "タ", "を", "python", "で", "処", "理", "す", "る"]
+    shares = tokenization.choose(["今天很好 ok"]).scripts
+    assert shares == {"Han": 0.8, "Latin": 0.2}
+
+
+def test_recipe_tokenizers_win_over_the_detected_script():
+    from llmops_tasks.evaluate import score
+    from llmops_tasks.metrics import tokenization
+
+    references, close, _ = LANGUAGES["zh"]
+    both = tokenization.choose(references, bleu="char", rouge="unicode-words")
+    assert (both.bleu, both.rouge, both.detected_script, both.source) == ("char", "unicode-words", "Han", "recipe")
+    assert "set in the evaluation recipe" in both.summary()
+    one = tokenization.choose(references, rouge="default")
+    assert (one.bleu, one.rouge, one.source) == ("zh", "default", "bleu auto, rouge recipe")
+    scores, _ = score(close, references, both)
+    assert scores["bleu"] == sacrebleu.corpus_bleu(close, [references], tokenize="char").score / 100
+    with pytest.raises(ValueError, match="unknown BLEU tokenizer 'moses'"):
+        tokenization.choose(references, bleu="moses")
+
+
+def test_without_mecab_japanese_falls_back_to_characters(monkeypatch):
+    """A machine without MeCab cannot exist here (the train extra installs it): its check is faked."""
+    from llmops_tasks.metrics import tokenization
+
+    monkeypatch.setattr(tokenization, "bleu_available", lambda name: f"sacrebleu tokenizer {name!r} needs MeCab")
+    references = LANGUAGES["ja"][0]
+    chosen = tokenization.choose(references)
+    assert (chosen.bleu, chosen.rouge) == ("char", "char")
+    assert "BLEU uses 'char' instead" in chosen.note and chosen.note in chosen.summary()
+    with pytest.raises(ValueError, match="recipe's BLEU tokenizer.*not installed"):
+        tokenization.choose(references, bleu="ja-mecab")
+
+
+def test_a_metric_without_reference_tokens_is_unmeasurable_not_zero():
+    from llmops_tasks.metrics import tokenization
+
+    references = LANGUAGES["zh"][0]
+    # rouge_score's default tokenizer on Chinese: no reference token, so ROUGE can only read 0.
+    forced = tokenization.choose(references, rouge="default")
+    found = tokenization.unmeasurable(references, forced)
+    assert set(found) == {"rouge1", "rouge2", "rougeL"}
+    assert found["rougeL"].startswith("no reference has a token under ROUGE tokenizer 'default'")
+    empty = tokenization.choose(["", " "])
+    assert set(tokenization.unmeasurable(["", " "], empty)) == {"bleu", "rouge1", "rouge2", "rougeL"}
+    # One-token references: no bigram to match, so ROUGE-2 alone cannot measure.
+    single = tokenization.choose(["yes", "no"])
+    assert set(tokenization.unmeasurable(["yes", "no"], single)) == {"rouge2"}
+    # An answer with no tokens against references that have some is a real 0, not a degenerate metric.
+    from llmops_tasks.evaluate import score
+
+    assert score(["", ""], references[:2])[0]["rougeL"] == 0.0
+    assert tokenization.unmeasurable(references[:2], tokenization.choose(references[:2])) == {}

@@ -46,7 +46,7 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DEPLOYMENT_ENV = (
     "LLMOPS_TRAINER_IMAGE", "AIRFLOW_VAR_LLMOPS_TRAINER_IMAGE", "LLMOPS_K8S_NAMESPACE", "LLMOPS_CHECKPOINTS_PVC",
     "LLMOPS_HF_CACHE_PVC", "LLMOPS_GPU_NODE_SELECTOR", "LLMOPS_GPU_PRODUCTS", "LLMOPS_TRAIN_GPUS",
-    "LLMOPS_HF_SECRET", "LLMOPS_MLFLOW_SECRET",
+    "LLMOPS_HF_SECRET", "LLMOPS_MLFLOW_SECRET", "LLMOPS_XCOM_SIDECAR_IMAGE", "AIRFLOW_CONN_KUBERNETES_DEFAULT",
     "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_S3_ENDPOINT_URL", "LLMOPS_ARTIFACT_ROOT",
     "LLMOPS_MODEL_NAME", "LLMOPS_EXPERIMENT",
 )
@@ -287,6 +287,7 @@ def test_pod_env_carries_the_run_identity_and_services_but_no_secret_values(gpu_
     assert plain["LLMOPS_TASK_ID"] == "train"
     assert plain["LLMOPS_RESULT_FILE"] == "/airflow/xcom/return.json"
     assert plain["HF_HOME"] == "/cache/huggingface"
+    assert plain["HOME"] == "/home/llmops"  # an emptyDir: the root filesystem is read-only
     assert plain["MLFLOW_TRACKING_URI"] == "http://mlflow.llmops.svc:5000"
     # credentials come from Kubernetes Secrets by reference, optional so that a step needing none starts
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in base["env"] if "valueFrom" in e}
@@ -355,14 +356,49 @@ def test_dag_train_task_requests_one_gpu_per_training_process(k8s_env):
 
 
 def test_pod_runs_as_non_root_without_privileges(gpu_pod):
+    from llmops_airflow.operators.kubernetes import UID
+
     _, _, data = gpu_pod
+    assert UID >= 10000  # no user of the node (checkov CKV_K8S_40)
     pod_ctx = data["spec"]["securityContext"]
-    assert pod_ctx["runAsNonRoot"] is True and pod_ctx["runAsUser"] == 1000 and pod_ctx["fsGroup"] == 1000
+    assert pod_ctx["runAsNonRoot"] is True and pod_ctx["runAsUser"] == UID and pod_ctx["fsGroup"] == UID
+    assert pod_ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert data["spec"]["automountServiceAccountToken"] is False  # steps never call the Kubernetes API
     for container in data["spec"]["containers"]:  # the xcom sidecar too: runAsNonRoot applies to every container
         ctx = container["securityContext"]
-        assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == 1000
-        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == UID
+        assert ctx["allowPrivilegeEscalation"] is False and ctx["privileged"] is False
+        assert ctx["readOnlyRootFilesystem"] is True
         assert ctx["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_xcom_sidecar_has_limits_and_takes_the_deployment_image(k8s_env):
+    """The provider's sidecar has requests only; the pod gives it limits and, when the deployment
+    names one, its image (a digest); resources from the kubernetes_default connection win."""
+    digest = "sha256:" + "5" * 64
+    k8s_env.setenv("LLMOPS_XCOM_SIDECAR_IMAGE", f"alpine@{digest}")
+    dag, (op,) = make_dag((("evaluate", ["evaluate"]), {"gpus": 1}))
+    sidecar = build_pod(op, dag)[1]["spec"]["containers"][1]
+    assert sidecar["name"] == "airflow-xcom-sidecar" and sidecar["image"] == f"alpine@{digest}"
+    assert sidecar["resources"]["limits"] == {"cpu": "100m", "memory": "64Mi"}
+    assert sidecar["resources"]["requests"] == {"cpu": "10m", "memory": "16Mi"}
+
+    k8s_env.delenv("LLMOPS_XCOM_SIDECAR_IMAGE")
+    own = {"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"cpu": "50m", "memory": "32Mi"}}
+    k8s_env.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(
+        {"conn_type": "kubernetes", "extra": {"xcom_sidecar_container_resources": json.dumps(own)}}))
+    dag, (op,) = make_dag((("evaluate", ["evaluate"]), {"gpus": 1}))
+    sidecar = build_pod(op, dag)[1]["spec"]["containers"][1]
+    assert sidecar["resources"] == own
+    assert sidecar["image"].startswith("alpine:")  # the provider's default when the deployment names none
+
+
+def test_trainer_image_by_digest_is_used_as_given(k8s_env):
+    image = "registry.local/llmops/trainer@sha256:" + "c" * 64
+    k8s_env.setenv("LLMOPS_TRAINER_IMAGE", image)
+    dag, (op,) = make_dag((("train", ["train"]), {"gpus": 1}))
+    base = build_pod(op, dag)[1]["spec"]["containers"][0]
+    assert base["image"] == image and base["imagePullPolicy"] == "IfNotPresent"
 
 
 def test_pod_labels_name_the_run_and_are_valid(gpu_pod):
@@ -382,9 +418,11 @@ def test_pod_mounts_checkpoints_cache_and_shared_memory(gpu_pod):
     assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "llmops-checkpoints"}
     assert volumes["hf-cache"]["emptyDir"] == {}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
+    assert volumes["tmp"]["emptyDir"] == {} and volumes["home"]["emptyDir"] == {}
+    # The root filesystem is read-only: these are the only places a step can write.
     mounts = {m["name"]: m["mountPath"] for m in data["spec"]["containers"][0]["volumeMounts"]}
     assert mounts == {"xcom": "/airflow/xcom", "checkpoints": "/checkpoints",
-                      "hf-cache": "/cache/huggingface", "dshm": "/dev/shm"}
+                      "hf-cache": "/cache/huggingface", "tmp": "/tmp", "home": "/home/llmops", "dshm": "/dev/shm"}
 
 
 def test_pod_round_trips_through_the_kubernetes_models(gpu_pod):

@@ -44,6 +44,10 @@ def make_pipeline_env(store: Path, model_name: str) -> dict:
         "LLMOPS_MLFLOW_ARTIFACTS": str(store / "mlartifacts"),
         "LLMOPS_ARTIFACT_ROOT": str(store / "artifacts"),
         "LLMOPS_MODEL_NAME": model_name,
+        # This test deployment lets a run waive the human approval (require_approval=false), as the
+        # demo does; tests/test_registry.py and the services test cover a deployment that does not.
+        "LLMOPS_ALLOW_APPROVAL_WAIVER": "true",
+        "LLMOPS_ALLOW_GATE_OVERRIDE": "false",
     })
     migrate = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env,
                              capture_output=True, text=True)
@@ -97,8 +101,9 @@ def first_run(pipeline_env):
 def test_first_run_promotes_to_production(first_run, pipeline_env):
     assert first_run["state"] == "success", first_run["log"][-5000:]
     tasks = first_run["tasks"]
-    assert tasks["approve"] == "skipped" and tasks["auto_approve"] == "success"
-    assert tasks["promote"] == "success"
+    assert tasks["approve"] == "skipped" and tasks["waive_approval"] == "success"
+    assert tasks["promote"] == "success" and tasks["candidate_rejected"] == "skipped"
+    assert tasks["close_mlflow_run"] == "success"
     aliases, client = registry_state(pipeline_env)
     assert aliases["production"] == aliases["staging"] == "1"
     version = client.get_model_version("itest-chat", "1")
@@ -108,21 +113,41 @@ def test_first_run_promotes_to_production(first_run, pipeline_env):
     assert tags["llmops.gate_passed"] == "true"
     assert float(tags["metric.bleu"]) > 0.1  # trained on the help-desk answers, scored against them
     assert len(tags["llmops.dataset_hash"]) == 64
-    assert tags["llmops.approval"] == "approved" and "require_approval=false" in tags["llmops.approval_by"]
+    # the waiver is recorded as one, on the version, its model card and in the audit log
+    assert tags["llmops.approval"] == "waived" and "require_approval=false" in tags["llmops.approval_by"]
+    assert tags["llmops.gate_policy_standard"] == "true" and json.loads(tags["llmops.gate_overrides"]) == {}
+    assert tags["llmops.exceptions"].startswith("approval waived by auto (require_approval=false)")
+    assert "approval waived" in version.description and "## Governance" in version.description
+    from llmops_tasks import registry
+    from llmops_tasks.core.settings import temporary_env
+
+    with temporary_env({"MLFLOW_TRACKING_URI": pipeline_env["MLFLOW_TRACKING_URI"]}):
+        events = registry.audit_events("itest-chat", client)
+    assert [e["action"] for e in events] == ["staged", "waived", "promoted"]
+    assert events[1]["exceptions"] == [tags["llmops.exceptions"]]
+    # the DAG run's MLflow parent run ends with the run's outcome
+    parent = _pipeline_run(client, first_run["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["llmops.outcome"] == "promoted"
     # the first snapshot in this store: nothing to compare the EDA with, and the run goes on
     assert "change" not in step_file(pipeline_env, first_run, "eda", "eda.json")
     assert "no comparison with a previous snapshot" in first_run["log"]
 
 
 def test_regressing_candidate_is_stopped_at_the_gate(first_run, pipeline_env):
-    """Five training steps cannot match production v1: the gate rejects, nothing is registered."""
+    """Five training steps cannot match production v1: the gate rejects, nothing is registered, and
+    the run is red in the grid through the task named for it (the gate itself judged: green)."""
     assert first_run["state"] == "success"
     result = run_dag(pipeline_env, {"require_approval": False, "max_steps": 5})
-    assert result["state"] == "success", result["log"][-5000:]  # a rejection is a decision, not a crash
+    assert result["state"] == "failed", result["log"][-5000:]
     tasks = result["tasks"]
-    assert tasks["gate"] == "success"
-    for task_id in ("register", "approval_route", "approve", "auto_approve", "promote"):
+    assert tasks["gate"] == "success" and tasks["candidate_rejected"] == "failed", (tasks, result["log"][-6000:])
+    for task_id in ("register", "approval_route", "approve", "waive_approval", "promote"):
         assert tasks[task_id] == "skipped", (task_id, tasks)
+    # one line per rule in the task log, the failed ones first
+    assert re.search(r"gate REJECTED: nothing is registered against production v1\n\s+FAIL max_regression", result["log"])
+    _, client = registry_state(pipeline_env)
+    parent = _pipeline_run(client, result["run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["llmops.outcome"] == "rejected by the gate"
     aliases, client = registry_state(pipeline_env)
     assert aliases["production"] == "1"
     assert [str(v.version) for v in client.search_model_versions("name = 'itest-chat'")] == ["1"]
@@ -219,21 +244,46 @@ def assert_trained_through_the_dag(env: dict, result: dict, method: str, steps: 
 def test_a_fixed_eval_set_is_validated_and_scored(methods_env, tmp_path):
     """With eval_dataset_uri, validate checks that set too (before training) and evaluate scores it
     instead of the split's held-out part; a data set that shares no prompt with it goes through.
-    The run trains with method dpo: the one dag.test() that covers dpo's wiring too."""
+    The run trains with method dpo: the one dag.test() that covers dpo's wiring too, and it does
+    what a team does: picks the packaged 1B LoRA DPO recipe in the form and sets only the base
+    model (the tiny one) and the steps. Every other training setting is the recipe's."""
     rows = samples.preference_rows()
     dataset, held_out = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     data.write_jsonl(str(dataset), rows[24:])
     data.write_jsonl(str(held_out), [{"prompt": r["prompt"], "reference": r["chosen"], "chosen": r["chosen"],
                                       "rejected": r["rejected"]} for r in rows[:24]])
+    from llmops_tasks.local import bootstrap
+
     result = run_dag(methods_env, {"require_approval": False, "dataset_uri": str(dataset),
-                                   "eval_dataset_uri": str(held_out), "method": "dpo", "max_steps": 4})
-    assert_trained_through_the_dag(methods_env, result, "dpo", 4)
+                                   "eval_dataset_uri": str(held_out), "method": "dpo", "max_steps": 2,
+                                   "recipe": "dpo_llama_lora.yaml",
+                                   "base_model": str(bootstrap.ensure_tiny_model())})
+    assert_trained_through_the_dag(methods_env, result, "dpo", 2)
+    trained = step_file(methods_env, result, "train", "result.json")
+    _, client = registry_state(methods_env)
+    params = client.get_run(trained["mlflow_run_id"]).data.params
+    assert (params["learning_rate"], params["use_peft"], params["lora_r"]) == ("5e-06", "True", "16")
+    assert (params["max_steps"], params["base_model"]) == ("2", str(bootstrap.ensure_tiny_model()))
+    assert trained["adapter_dir"]
+    assert "resolved settings (defaults < recipe < flags):" in result["log"] and "  learning_rate: 5e-06" in result["log"]
     eval_report = step_file(methods_env, result, "validate", "eval_set/validation.json")
     assert eval_report["valid"] is True and eval_report["rows"] == 24
     assert step_file(methods_env, result, "validate", "validation.json")["against"] == {"dataset": str(held_out),
                                                                                        "rows": 24}
     metrics = step_file(methods_env, result, "evaluate", "metrics.json")
     assert metrics["eval_data"] == str(held_out) and metrics["n"] == 24
+
+
+def _pipeline_run(client, dag_run_id: str):
+    """The MLflow parent run of DAG run ``dag_run_id``."""
+    from llmops_tasks.core import settings, tracking
+
+    experiment = client.get_experiment_by_name(settings.experiment_name())
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`{tracking.TAG_ROLE}` = 'pipeline' and "
+                                            f"tags.`{tracking.TAG_RUN_ID}` = '{dag_run_id}'")
+    assert len(runs) == 1, [r.data.tags for r in runs]
+    return runs[0]
 
 
 def _step_run(client, step: str, dag_run_id: str | None):

@@ -54,7 +54,8 @@ def store(module_store, tiny_model):
 
 def candidate_files(folder: Path, model_dir: Path, *, passed: bool = True, fingerprint: str = "cfg-a-sft",
                     bleu: float = 0.4123456789, rougeL: float = 0.55, champion_version: str = "",
-                    model_name: str = "", input_example: str = "false", lora: bool = False) -> RegisterConfig:
+                    model_name: str = "", input_example: str = "false", lora: bool = False,
+                    gate_overrides: dict | None = None) -> RegisterConfig:
     """Write the train / evaluate / gate outputs a registration reads, as the steps would."""
     folder.mkdir(parents=True, exist_ok=True)
     data.write_json(str(folder / "result.json"), {
@@ -74,6 +75,8 @@ def candidate_files(folder: Path, model_dir: Path, *, passed: bool = True, finge
     })
     data.write_json(str(folder / "decision.json"), {
         "passed": passed, "reason": "passed all rules" if passed else "min_bleu: 0.01 < 0.05",
+        "policy_file": "team-gate.yaml" if gate_overrides else "", "policy_standard": not gate_overrides,
+        "overrides": gate_overrides or {},
     })
     data.write_json(str(folder / "validation.json"), {
         "valid": True, "rows": 216, "dataset_hash": f"dataset-sha-{fingerprint}",
@@ -148,7 +151,7 @@ def lifecycle(store) -> dict[str, Any]:
         seen["promote_b_stale"] = attempt(registry.promote, PromoteConfig(expected_production="none"))
         seen["aliases_after_stale"] = aliases()
 
-        registry.record_approval("2", approved=True, by="bob", comment="reviewed the samples")
+        registry.record_approval("2", decision="approved", by="bob", comment="reviewed the samples")
         seen["tags_b_approved"] = tags_of("2")
         seen["promote_b"] = registry.promote(PromoteConfig(version="2", expected_production="1", approved_by="bob",
                                                           comment="better rougeL on the frozen eval set"))
@@ -435,12 +438,14 @@ def test_the_model_card_is_also_an_artifact_of_the_register_run(lifecycle):
 def test_every_move_is_in_the_audit_log_in_order(lifecycle):
     events = registry.audit.verify(lifecycle["audit_final"])
     assert [(e["action"], e["version"]) for e in events] == [
-        ("staged", "1"), ("promoted", "1"), ("staged", "2"), ("promotion_refused", "2"), ("approved", "2"),
-        ("promoted", "2"), ("rolled_back", "1")]
-    promoted = events[1]
+        ("staged", "1"), ("approved", "1"), ("promoted", "1"), ("staged", "2"), ("promotion_refused", "2"),
+        ("approved", "2"), ("promoted", "2"), ("rolled_back", "1")]
+    # promoting by hand a version no one had decided on is the promoter's approval, recorded first
+    approved, promoted = events[1], events[2]
+    assert (approved["actor"], approved["comment"]) == ("alice", "first champion")
     assert (promoted["actor"], promoted["comment"], promoted["replaced"]) == ("alice", "first champion", "none")
     assert (promoted["dag_id"], promoted["dag_run_id"]) == (DAG_ID, RUN_A)
-    assert promoted["gate"] == {"passed": True, "reason": "passed all rules"}
+    assert promoted["gate"] == {"passed": True, "reason": "passed all rules", "approval": "approved", "exceptions": []}
     assert events[-1]["reason"] == "users report wrong answers" and events[-1]["actor"] == "carol"
 
 
@@ -448,7 +453,7 @@ def test_the_audit_log_is_append_only(lifecycle):
     # Re-registering and re-promoting the same run wrote no second line; later events only appended.
     early, middle, final = (lifecycle["audit_after_register_a"], lifecycle["audit_after_promote_a"],
                             lifecycle["audit_final"])
-    assert len(early.splitlines()) == 1 and len(middle.splitlines()) == 2
+    assert len(early.splitlines()) == 1 and len(middle.splitlines()) == 3
     assert middle.startswith(early) and final.startswith(middle)
 
 
@@ -469,8 +474,8 @@ def test_a_rejected_version_is_recorded_and_never_promoted(store):
     name = "rejected-candidate"
     config = candidate_files(store.root / "rejected", store.model_dir, fingerprint="cfg-rejected", model_name=name)
     version = registry.register(config)["version"]
-    registry.record_approval(version, approved=False, by="dana", comment="answers are too terse", model_name=name)
-    with pytest.raises(StepFailed, match="rejected by dana"):
+    registry.record_approval(version, decision="rejected", by="dana", comment="answers are too terse", model_name=name)
+    with pytest.raises(StepFailed, match="dana rejected it at .* a rejected version never reaches production"):
         registry.promote(PromoteConfig(version=version, expected_production="none", model_name=name))
     assert registry.alias_versions(name) == {"staging": version}
     tags = tracking.client().get_model_version(name, version).tags
@@ -479,14 +484,15 @@ def test_a_rejected_version_is_recorded_and_never_promoted(store):
 
 
 def test_cli_records_a_rejection_the_way_the_dag_does(store, llmops):
-    """``llmops registry approval`` is what the DAG's record_rejection / promote tasks run."""
+    """``llmops registry approval`` is what the DAG's approve / waive_approval tasks run."""
     name = "rejected-from-the-shell"
     config = candidate_files(store.root / "rejected-cli", store.model_dir, fingerprint="cfg-rejected-cli",
                              model_name=name)
     version = registry.register(config)["version"]
     code, result = llmops(["registry", "approval", "--model-name", name, "--version", f"v{version}",
                            "--decision", "rejected", "--by", "erin", "--comment", "off-topic answers"])
-    assert code == 0 and result == {"model_name": name, "version": version, "approval": "rejected", "by": "erin"}
+    assert code == 0 and result == {"model_name": name, "version": version, "approval": "rejected", "by": "erin",
+                                 "exceptions": []}
     code, _ = llmops(["registry", "promote", "--model-name", name, "--version", version,
                       "--expected-production", "none"])
     assert code == 1
@@ -528,3 +534,90 @@ def test_a_held_registry_lock_refuses_after_the_timeout(store):
     with audit.registry_lock("busy-model", client, holder="first promotion", timeout_s=5), refused, \
             audit.registry_lock("busy-model", client, holder="second", timeout_s=0.2):
         pass
+
+
+# --------------------------------------------------------------------------- governance rules
+
+
+def _registered(store, name: str, tag: str, **kwargs) -> str:
+    return registry.register(candidate_files(store.root / name / tag, store.model_dir, fingerprint=f"{name}-{tag}",
+                                             model_name=name, **kwargs))["version"]
+
+
+def test_rollback_refuses_a_rejected_and_a_never_approved_version(store):
+    """The rollback target is checked like a promotion: a human's Reject is final."""
+    name = "governed-rollback"
+    first = _registered(store, name, "a")
+    registry.promote(PromoteConfig(version=first, expected_production="none", model_name=name, approved_by="alice"))
+    rejected = _registered(store, name, "b")
+    registry.record_approval(rejected, decision="rejected", by="dana", comment="unsafe answers", model_name=name)
+    undecided = _registered(store, name, "c")
+    with pytest.raises(StepFailed, match=r"v2 cannot reach production: dana rejected it at .* \(unsafe answers\)"):
+        registry.rollback(RollbackConfig(to_version=rejected, reason="try the other one", model_name=name))
+    with pytest.raises(StepFailed, match="v3 cannot reach production: it was never approved"):
+        registry.rollback(RollbackConfig(to_version=undecided, reason="try the other one", model_name=name))
+    # nor can a later approval undo the rejection
+    with pytest.raises(StepFailed, match="a rejection is final"):
+        registry.record_approval(rejected, decision="approved", by="erin", model_name=name)
+    assert registry.alias_versions(name)["production"] == first
+    assert tags_of_model(name, rejected)["llmops.approval"] == "rejected"
+    assert "rolled_back" not in [e["action"] for e in registry.audit_events(name)]
+
+
+def tags_of_model(name: str, version: str) -> dict[str, str]:
+    return dict(tracking.client().get_model_version(name, version).tags)
+
+
+def test_a_waiver_needs_the_deployment_and_is_then_shown_everywhere(store, monkeypatch):
+    name = "governed-waiver"
+    version = _registered(store, name, "a")
+    monkeypatch.delenv("LLMOPS_ALLOW_APPROVAL_WAIVER", raising=False)
+    with pytest.raises(StepFailed, match="requires a human approval before production; set LLMOPS_ALLOW_APPROVAL_WAIVER"):
+        registry.record_approval(version, decision="waived", by="auto (require_approval=false)", model_name=name)
+    assert "llmops.approval" not in tags_of_model(name, version)
+
+    monkeypatch.setenv("LLMOPS_ALLOW_APPROVAL_WAIVER", "true")
+    result = registry.record_approval(version, decision="waived", by="auto (require_approval=false)", model_name=name)
+    assert result["exceptions"] == [("approval waived by auto (require_approval=false) (deployment allows waivers: "
+                                    "LLMOPS_ALLOW_APPROVAL_WAIVER)")]
+    mv = tracking.client().get_model_version(name, version)
+    assert mv.tags["llmops.approval"] == "waived" and mv.tags["llmops.exceptions"] == result["exceptions"][0]
+    assert "## Governance" in mv.description and "approval waived" in mv.description
+    assert registry.promote(PromoteConfig(version=version, expected_production="none", model_name=name))["changed"]
+    events = registry.audit_events(name)
+    assert [e["action"] for e in events] == ["staged", "waived", "promoted"]
+    assert events[1]["exceptions"] == result["exceptions"] and events[2]["gate"]["exceptions"] == result["exceptions"]
+    assert registry.status(StatusConfig(model_name=name))["versions"][version]["exceptions"] == result["exceptions"][0]
+
+    # a deployment that stops allowing waivers gets no waived version back into production
+    second = _registered(store, name, "b")
+    registry.promote(PromoteConfig(version=second, expected_production=version, model_name=name, approved_by="bob"))
+    monkeypatch.setenv("LLMOPS_ALLOW_APPROVAL_WAIVER", "false")
+    with pytest.raises(StepFailed, match="its approval was waived, and this deployment requires a human approval"):
+        registry.rollback(RollbackConfig(reason="back to the waived one", model_name=name))
+    assert registry.alias_versions(name)["production"] == second
+
+
+def test_a_non_standard_gate_needs_the_deployment_and_is_then_shown(store, monkeypatch):
+    name = "governed-gate"
+    loosened = {"max_regression": {"value": 0.5, "standard": 0.02}}
+    monkeypatch.delenv("LLMOPS_ALLOW_GATE_OVERRIDE", raising=False)
+    with pytest.raises(StepFailed, match=r"non-standard policy \(max_regression=0.5 \(standard 0.02\)\).*"
+                                         "LLMOPS_ALLOW_GATE_OVERRIDE=true"):
+        _registered(store, name, "a", gate_overrides=loosened)
+    assert registry.alias_versions(name) == {}
+
+    monkeypatch.setenv("LLMOPS_ALLOW_GATE_OVERRIDE", "true")
+    version = _registered(store, name, "a", gate_overrides=loosened)
+    tags = tags_of_model(name, version)
+    assert tags["llmops.gate_policy_standard"] == "false" and tags["llmops.gate_policy"] == "team-gate.yaml"
+    assert json.loads(tags["llmops.gate_overrides"]) == loosened
+    assert tags["llmops.exceptions"].startswith("non-standard gate policy: max_regression=0.5 (standard 0.02)")
+    assert "non-standard" in tracking.client().get_model_version(name, version).description
+
+    registry.record_approval(version, decision="approved", by="alice", model_name=name)
+    monkeypatch.setenv("LLMOPS_ALLOW_GATE_OVERRIDE", "no")
+    with pytest.raises(StepFailed, match="its gate ran a non-standard policy"):
+        registry.promote(PromoteConfig(version=version, expected_production="none", model_name=name))
+    monkeypatch.setenv("LLMOPS_ALLOW_GATE_OVERRIDE", "true")
+    assert registry.promote(PromoteConfig(version=version, expected_production="none", model_name=name))["changed"]

@@ -69,6 +69,7 @@ def rolled_back(tmp_path_factory):
         results, output = run_rollback_dag(dict(os.environ), [
             {"reason": "answers regressed after v2"},
             {"reason": "try an unknown version", "target_version": "9"},
+            {"reason": "try the version nobody approved", "target_version": "3"},
         ])
         yield {"results": results, "output": output, "aliases": registry.alias_versions(MODEL),
                "tags": dict(client.get_model_version(MODEL, "1").tags), "events": registry.audit_events(MODEL)}
@@ -100,4 +101,12 @@ def test_the_rollback_is_audited_with_the_dag_run(rolled_back):
     assert (last["action"], last["version"], last["replaced"]) == ("rolled_back", "1", "2")
     assert (last["dag_id"], last["dag_run_id"], last["reason"]) == ("model_rollback", run_id,
                                                                      "answers regressed after v2")
-    assert [e["action"] for e in rolled_back["events"]] == ["promoted", "promoted", "rolled_back"]
+    # promoting by hand is the promoter's approval, recorded before each move
+    assert [e["action"] for e in rolled_back["events"]] == ["approved", "promoted", "approved", "promoted",
+                                                            "rolled_back"]
+
+
+def test_a_version_nobody_approved_is_refused(rolled_back):
+    third = rolled_back["results"][2]
+    assert (third["state"], third["task"]) == ("failed", "failed")
+    assert f"{MODEL} v3 cannot reach production: it was never approved" in rolled_back["output"]

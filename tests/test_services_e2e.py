@@ -4,8 +4,10 @@ triggerer plus the MLflow server on loopback, driven only through the REST API.
 One start for the module (services are heavy on a small machine). The first run is triggered with
 a conf, waits in the approval step, is approved through the HITL REST endpoint and must end with
 the new version holding ``production``. The second run gets a data set whose answers equal their
-rejected alternatives: it must fail at ``validate`` and leave ``production`` where it was. Nothing
-is mocked; the services are always stopped (process groups), also when a test fails.
+rejected alternatives: it must fail at ``validate`` and leave ``production`` where it was. The
+third is rejected by a person through the same endpoint: the rejection is recorded on the version
+and in the audit log, and a rollback to that version is refused. Nothing is mocked; the services
+are always stopped (process groups), also when a test fails.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DAG_ID = "llm_retraining"
 MODEL_NAME = "e2e-chat"
 APPROVAL_COMMENT = "metrics look right; approved over REST"
+REJECTION_COMMENT = "answers got terse; rejected over REST"
 
 
 def _free_port() -> int:
@@ -107,11 +110,30 @@ def stack(tmp_path_factory):
 def _production(stack) -> str | None:
     from llmops_tasks import registry
     from llmops_tasks.core import tracking
+
+    with _registry_env(stack):
+        return registry.alias_versions(MODEL_NAME, tracking.client()).get(registry.PRODUCTION)
+
+
+def _registry_env(stack):
     from llmops_tasks.core.settings import temporary_env
 
     services_uri = f"sqlite:///{stack['home'] / 'mlflow.db'}"  # the URI the services used
-    with temporary_env({"MLFLOW_TRACKING_URI": services_uri, "LLMOPS_MODEL_NAME": MODEL_NAME}):
-        return registry.alias_versions(MODEL_NAME, tracking.client()).get(registry.PRODUCTION)
+    return temporary_env({"MLFLOW_TRACKING_URI": services_uri, "LLMOPS_MODEL_NAME": MODEL_NAME})
+
+
+def _version_tags(stack, version: str) -> dict[str, str]:
+    from llmops_tasks.core import tracking
+
+    with _registry_env(stack):
+        return dict(tracking.client().get_model_version(MODEL_NAME, version).tags)
+
+
+def _audit(stack) -> list[dict]:
+    from llmops_tasks import registry
+
+    with _registry_env(stack):
+        return registry.audit_events(MODEL_NAME)
 
 
 def _run_path(run_id: str) -> str:
@@ -152,7 +174,7 @@ def test_rest_trigger_hitl_approval_and_bad_data(stack):
     _, states = _wait(stack, run_id, lambda run, s: s.get("approve") in ("deferred", "awaiting_input")
                       or run in ("failed", "success"), "approval waiting", timeout=420)
     assert states["approve"] in ("deferred", "awaiting_input"), states
-    assert states["auto_approve"] == "skipped" and states["register"] == "success", states
+    assert states["waive_approval"] == "skipped" and states["register"] == "success", states
 
     hitl = f"{_run_path(run_id)}/taskInstances/approve/-1/hitlDetails"
     detail = api.ok("GET", hitl)
@@ -165,6 +187,9 @@ def test_rest_trigger_hitl_approval_and_bad_data(stack):
     assert states["promote"] == "success" and states["approve"] == "success", states
     production = _production(stack)
     assert production == "1"
+    approved = _version_tags(stack, "1")
+    assert (approved["llmops.approval"], approved["llmops.approval_by"], approved["llmops.approval_comment"]) == (
+        "approved", "admin", APPROVAL_COMMENT)
 
     # The plugin page: refused without a token, and it shows the promoted version to a logged-in user.
     assert api.call("GET", "/llmops/", token="")[0] == 401
@@ -182,3 +207,92 @@ def test_rest_trigger_hitl_approval_and_bad_data(stack):
     assert run_state == "failed" and states["validate"] == "failed", states
     assert states["train"] in (None, "upstream_failed"), states
     assert _production(stack) == production
+
+    # A person rejects the next candidate: recorded on the version, binding for a rollback.
+    rejected_run = _trigger(api, {"require_approval": True, "max_steps": 20, "max_new_tokens": 8})
+    _, states = _wait(stack, rejected_run, lambda run, s: s.get("approve") in ("deferred", "awaiting_input")
+                      or run in ("failed", "success"), "second approval waiting", timeout=420)
+    assert states["approve"] in ("deferred", "awaiting_input"), states
+    hitl = f"{_run_path(rejected_run)}/taskInstances/approve/-1/hitlDetails"
+    api.ok("PATCH", hitl, {"chosen_options": ["Reject"], "params_input": {"comment": REJECTION_COMMENT}})
+    run_state, states = _wait(stack, rejected_run, lambda run, s: run in ("failed", "success"), "rejected run end",
+                              timeout=240)
+    assert run_state == "success" and states["approve"] == "success", states  # a person's answer, not a failure
+    assert states["promote"] == "skipped" and states["close_mlflow_run"] == "success", states
+    rejected = _version_tags(stack, "2")
+    assert (rejected["llmops.approval"], rejected["llmops.approval_by"], rejected["llmops.approval_comment"]) == (
+        "rejected", "admin", REJECTION_COMMENT)
+    assert [(e["action"], e["version"], e["actor"]) for e in _audit(stack)][-1] == ("rejected", "2", "admin")
+    status, page = api.call("GET", "/llmops/")
+    assert status == 200 and REJECTION_COMMENT in page, page[:2000]
+
+    api.ok("PATCH", "/api/v2/dags/model_rollback", {"is_paused": False})
+    rollback = api.ok("POST", "/api/v2/dags/model_rollback/dagRuns", {
+        "logical_date": None, "conf": {"target_version": "2", "reason": "try the rejected one"}})["dag_run_id"]
+    rollback_path = f"/api/v2/dags/model_rollback/dagRuns/{quote(rollback, safe='')}"
+    deadline = time.monotonic() + 180
+    while (state := api.ok("GET", rollback_path)["state"]) not in ("failed", "success"):
+        assert time.monotonic() < deadline, f"rollback run still {state}"
+        time.sleep(3)
+    assert state == "failed"
+    assert _production(stack) == production
+
+
+def test_mlflow_killed_mid_task_is_restarted_while_airflow_and_the_run_carry_on(stack):
+    """Kill the MLflow server's process group while a task of a run is running: `llmops up`
+    restarts MLflow alone (logged, recorded in services.json), the API server keeps answering,
+    and the task ends on its first try (the tasks use the MLflow store, not the server), so the
+    run registers exactly one version and waits for approval as usual."""
+    from llmops_tasks.core import tracking
+    from llmops_tasks.core.settings import temporary_env
+
+    api, home = stack["api"], stack["home"]
+    deadline = time.monotonic() + 120
+    while api.call("GET", f"/api/v2/dags/{DAG_ID}")[0] != 200:  # when this test runs alone
+        assert time.monotonic() < deadline, "llm_retraining never appeared in the API"
+        time.sleep(2)
+    api.ok("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+
+    run_id = _trigger(api, {"require_approval": True, "max_steps": 20, "max_new_tokens": 8})
+    heavy = ("train", "evaluate")  # the steps that log to MLflow the longest
+    _, states = _wait(stack, run_id, lambda run, s: any(s.get(t) == "running" for t in heavy)
+                      or run in ("failed", "success"), "train or evaluate running", timeout=300)
+    running = [t for t in heavy if states.get(t) == "running"]
+    assert running, f"the run ended before a task could be caught running: {states}"
+
+    record = json.loads((home / services.PID_FILE).read_text())
+    mlflow = record["services"]["mlflow"]
+    assert mlflow["state"] == "ready" and mlflow["pid"], record
+    os.killpg(mlflow["pid"], signal.SIGKILL)
+
+    status, health = api.call("GET", "/api/v2/monitor/health")  # Airflow did not go down with MLflow
+    assert status == 200 and health["scheduler"]["status"] == "healthy", (status, health)
+    deadline = time.monotonic() + 120
+    while True:
+        record = json.loads((home / services.PID_FILE).read_text())
+        restarted = record["services"]["mlflow"]
+        if restarted["state"] == "ready" and restarted["pid"] != mlflow["pid"]:
+            break
+        assert time.monotonic() < deadline, f"MLflow did not come back: {restarted}\n{stack['out'].read_text()[-3000:]}"
+        time.sleep(1)
+    assert services.mlflow_healthy(stack["mlflow"]), f"GET {stack['mlflow']}/health does not answer 200"
+    assert [(r["restart"], r["exit_code"]) for r in restarted["restarts"]] == [(1, -signal.SIGKILL)], restarted
+    assert "mlflow exited with code -9; restarting (1/5)" in stack["out"].read_text(errors="replace")
+    assert all(record["services"][name]["restarts"] == [] for name in services.AIRFLOW_SERVICES), record
+
+    run_state, states = _wait(stack, run_id, lambda run, s: s.get("approve") in ("deferred", "awaiting_input")
+                              or run in ("failed", "success"), "approval waiting", timeout=420)
+    assert states["approve"] in ("deferred", "awaiting_input"), (run_state, states)
+    assert states["register"] == "success", states
+    for task_id in running:  # no retry was spent on the outage
+        task = api.ok("GET", f"{_run_path(run_id)}/taskInstances/{task_id}")
+        assert (task["state"], task["try_number"]) == ("success", 1), task
+    with temporary_env({"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}):
+        versions = [v.version for v in tracking.client().search_model_versions(f"name='{MODEL_NAME}'")
+                    if v.tags.get("llmops.dag_run_id") == run_id]
+    assert len(versions) == 1, f"run {run_id} registered versions {versions}"
+
+    # Leave no run waiting for a later test (max_active_runs=1): a person rejects this candidate.
+    hitl = f"{_run_path(run_id)}/taskInstances/approve/-1/hitlDetails"
+    api.ok("PATCH", hitl, {"chosen_options": ["Reject"], "params_input": {"comment": "e2e: MLflow restart check"}})
+    _wait(stack, run_id, lambda run, s: run in ("failed", "success"), "rejected run end", timeout=240)

@@ -68,3 +68,34 @@ def test_a_rejection_is_the_answer_when_the_dag_branches_on_it(ti, tmp_path):
     assert ti.pushed["mlflow_run_url"] == decision["mlflow_run_url"]
     with pytest.raises(AirflowFailException):  # without the flag, a rejection fails the task
         run_step("gate", overrides={"metrics": str(metrics)})
+
+
+def test_a_waiver_the_deployment_does_not_allow_fails_the_task_by_name(ti, monkeypatch, tmp_path):
+    """The DAG's waive_approval task: require_approval=false alone cannot skip the human."""
+    from llmops_tasks.core import tracking
+
+    client = tracking.client()
+    client.create_registered_model("waiver-refused")
+    version = client.create_model_version("waiver-refused", source=str(tmp_path)).version
+    monkeypatch.delenv("LLMOPS_ALLOW_APPROVAL_WAIVER", raising=False)
+    overrides = {"model_name": "waiver-refused", "version": version, "decision": "waived", "by": "auto"}
+    with pytest.raises(AirflowFailException, match="requires a human approval before production; set "
+                                                   "LLMOPS_ALLOW_APPROVAL_WAIVER=true"):
+        run_step("registry", action="approval", overrides=overrides)
+    assert "llmops.approval" not in client.get_model_version("waiver-refused", version).tags
+    monkeypatch.setenv("LLMOPS_ALLOW_APPROVAL_WAIVER", "true")
+    assert run_step("registry", action="approval", overrides=overrides)["approval"] == "waived"
+
+
+@pytest.mark.parametrize(("states", "expected"), [
+    ({"gate": "success", "register": "success", "approve": "success", "promote": "success"}, ("FINISHED", "promoted")),
+    ({"gate": "success", "candidate_rejected": "failed", "register": "skipped", "promote": "skipped"},
+     ("FINISHED", "rejected by the gate")),
+    ({"approve": "success", "promote": "skipped", "waive_approval": "skipped"}, ("FINISHED", "not promoted")),
+    ({"validate": "failed", "train": "upstream_failed", "promote": "upstream_failed"},
+     ("FAILED", "failed at promote, train, validate")),
+])
+def test_the_mlflow_parent_run_ends_with_the_dag_runs_outcome(states, expected):
+    from llmops_airflow.steps import pipeline_outcome
+
+    assert pipeline_outcome(states) == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -255,13 +256,22 @@ def test_cli_exits_1_without_traceback_on_unreadable_file(tmp_path):
     assert "rule utf8 failed: line 1" in proc.stderr
 
 
-def test_data_docs_quarantine_and_blocking_message(tmp_path):
+@pytest.fixture(scope="module")
+def docs_run(tmp_path_factory) -> tuple[Path, StepFailed]:
+    """One check with Data Docs (they cost seconds), in two GX batches: two blocking failures and a
+    length bias warning (3 of 4 chosen answers are longer, limit 50%)."""
+    tmp_path = tmp_path_factory.mktemp("docs")
     rows = _rows_with({1: {"rejected": "Open the panel and restart service 1."},
                        3: {"chosen": "Mail the admin at ops@example.com."}})
     dataset = write_rows(tmp_path / "data.jsonl", rows)
     with pytest.raises(StepFailed) as caught:
-        validate(dataset, tmp_path, data_docs=True)
-    message, result = str(caught.value), caught.value.result
+        validate(dataset, tmp_path, data_docs=True, chunk_rows=2, gx_batch_rows=2, max_chosen_longer_share=0.5)
+    return tmp_path, caught.value
+
+
+def test_data_docs_quarantine_and_blocking_message(docs_run):
+    tmp_path, failure = docs_run
+    message, result = str(failure), failure.result
     assert "chosen_differs_from_rejected (1 row: r1)" in message and "no_pii (1 row: r3)" in message
     assert f"failing rows in {tmp_path / 'report' / 'quarantine.jsonl'}" in message
     quarantined = [json.loads(line) for line in Path(result["quarantine"]).read_text().splitlines()]
@@ -274,6 +284,189 @@ def test_data_docs_quarantine_and_blocking_message(tmp_path):
     assert docs.is_file() and list((docs.parent / "validations").rglob("*.html"))
     report = json.loads((tmp_path / "report" / "validation.json").read_text())
     assert report["pii_hits"] == {"email": 1}
+
+
+def _visible_text(page: Path) -> str:
+    import html
+    import re
+
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", text)))
+
+
+def test_data_docs_validation_json_and_model_card_count_the_same_rules(docs_run):
+    """The rules computed outside GX (row count, columns, prompt duplication, length bias) are in
+    the Data Docs too: one validation result of the whole data set, not one per GX batch."""
+    from llmops_tasks.registry.modelcard import _data_quality  # read only: what the model card prints
+
+    tmp_path, failure = docs_run
+    report = json.loads((tmp_path / "report" / "validation.json").read_text())
+    rules = report["rules"]
+    failed = [r["rule"] for r in rules if not r["success"]]
+    assert sorted(failed) == ["chosen_differs_from_rejected", "length_bias", "no_pii"]
+    stored = list((tmp_path / "report" / "gx" / "uncommitted" / "validations").rglob("*.json"))
+    assert len(stored) == 1  # the whole check, though GX ran two batches
+    gx_result = json.loads(stored[0].read_text())
+    assert gx_result["meta"]["batch_spec"]["gx_batches"] == 2
+    results = gx_result["results"]
+    assert [r["expectation_config"]["meta"]["rule"] for r in results] == [r["rule"] for r in rules]
+    assert [r["success"] for r in results] == [r["success"] for r in rules]
+    assert gx_result["statistics"]["evaluated_expectations"] == len(rules)
+    assert gx_result["statistics"]["unsuccessful_expectations"] == len(failed)
+    assert gx_result["success"] is report["valid"] is False  # the status is the step's verdict
+    for outcome, rule in zip(results, rules, strict=True):
+        if "unexpected_count" in rule:  # GX batch rules: totals over both batches
+            assert outcome["result"]["unexpected_count"] == rule["unexpected_count"], rule["rule"]
+            assert outcome["result"]["element_count"] == 4, rule["rule"]
+    bias = next(r for r in results if r["expectation_config"]["meta"]["rule"] == "length_bias")
+    assert bias["expectation_config"]["type"] == "expect_column_mean_to_be_between"
+    assert bias["result"]["observed_value"] == 0.75 and bias["expectation_config"]["severity"] == "warning"
+    assert "streamed totals" in bias["expectation_config"]["description"]
+
+    card = _data_quality(report)[0]
+    assert card == f"Great Expectations: {len(rules)} rules, {len(failed)} failed (valid: false)."
+    page = _visible_text(next((Path(failure.result["data_docs"]).parent / "validations").rglob("*.html")))
+    assert (f"Evaluated Expectations {len(rules)} Successful Expectations {len(rules) - len(failed)} "
+            f"Unsuccessful Expectations {len(failed)}") in page
+    for rule in rules:
+        assert f"{rule['rule']} ({rule['severity']}" in page, rule["rule"]
+
+
+class _References(HTMLParser):
+    """What a page loads (not where its links go): scripts, stylesheets, icons, images, url()s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: list[str] = []
+        self.in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "link" and attributes.get("href"):
+            self.loads.append(attributes["href"])
+        elif tag in ("script", "img", "source", "iframe", "embed") and attributes.get("src"):
+            self.loads.append(attributes["src"])
+        self.loads += _css_urls(attributes.get("style") or "")
+        self.in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        self.in_style = False
+
+    def handle_data(self, data):
+        if self.in_style:
+            self.loads += _css_urls(data)
+
+
+def _css_urls(css: str) -> list[str]:
+    import re
+
+    return [u for u in re.findall(r"""url\(\s*['"]?([^'")]+)['"]?\s*\)""", css) if not u.startswith("data:")]
+
+
+def _local_file(base: Path, reference: str) -> Path:
+    return (base / reference.split("#")[0].split("?")[0]).resolve()
+
+
+def test_data_docs_render_offline(docs_run):
+    """Every page of a real check's Data Docs loads only files of the site, and they exist; the
+    index lists the result in its HTML, not only through bootstrap-table's script."""
+    tmp_path, failure = docs_run
+    index = Path(failure.result["data_docs"])
+    site = index.parent.resolve()
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) == 3  # index, the suite, the one validation result
+    stylesheets = set()
+    for page in pages:
+        parser = _References()
+        parser.feed(page.read_text(encoding="utf-8"))
+        assert parser.loads, page
+        assert "vegaEmbed(" not in page.read_text(encoding="utf-8")  # no chart: Vega is not vendored
+        for reference in parser.loads:
+            assert not reference.startswith(("http://", "https://", "//")), f"{page.name} loads {reference}"
+            local = _local_file(page.parent, reference)
+            assert local.is_file() and local.is_relative_to(site), f"{page.name}: {reference} is missing"
+            stylesheets |= {local} if local.suffix == ".css" else set()
+        loaded = {_local_file(page.parent, r).name for r in parser.loads}
+        assert {"jquery.min.js", "bootstrap.min.js", "bootstrap-table.min.js", "all.min.css"} <= loaded
+    for css in stylesheets:  # fonts and images of the stylesheets (Font Awesome ships WOFF2, not TTF)
+        for reference in _css_urls(css.read_text(encoding="utf-8")):
+            local = _local_file(css.parent, reference)
+            assert local.is_file() or (local.suffix == ".ttf" and local.with_suffix(".woff2").is_file()), \
+                f"{css.name}: {reference} is missing"
+
+    text = index.read_text(encoding="utf-8")
+    table = text[text.index("ge-index-page-validation-results-table"):]
+    body = table[table.index("<tbody>"):table.index("</tbody>")]
+    report = json.loads((tmp_path / "report" / "validation.json").read_text())
+    failed = sum(1 for r in report["rules"] if not r["success"])
+    assert f"Failed</a> ({len(report['rules'])} rules, {failed} failed)" in body
+    link = body.split('href="')[1].split('"')[0]
+    assert (site / link).is_file() and link.startswith("validations/")
+
+
+def test_data_docs_show_row_ids_and_paths_as_text(tmp_path):
+    """Row ids (data) and the data set's path reach the pages as text, never as markup: GX puts a
+    description and parts of a result's meta into its pages without escaping them."""
+    hostile = "<img src=x onerror=alert(1)>"
+    folder = tmp_path / "<b>set"
+    folder.mkdir()
+    rows = [{"id": f"{hostile}{i}", "prompt": f"p{i}", "chosen": "same", "rejected": "same"} for i in range(2)]
+    with pytest.raises(StepFailed) as caught:
+        validate(write_rows(folder / "d<u>.jsonl", rows), tmp_path, data_docs=True)
+    site = Path(caught.value.result["data_docs"]).parent
+    pages = {page.name: page.read_text(encoding="utf-8") for page in site.rglob("*.html")}
+    assert len(pages) == 3
+    for name, text in pages.items():
+        assert "<img src=x" not in text and "<b>set" not in text and "d<u>" not in text, name
+    assert "Rows: &lt;img src=x onerror=alert(1)&gt;0" in pages["llmops-dataset.html"]
+
+
+def test_vendored_assets_are_the_files_gx_templates_load(tmp_path):
+    """docs_assets/ holds, unchanged, what GX's templates load from CDNs (sums in SHA256SUMS, the
+    templates' own SRI hashes where they give one), every file ships with the package, and
+    make_offline names what it cannot serve locally."""
+    import base64
+    import configparser
+    import hashlib
+    import re
+
+    import great_expectations
+
+    from llmops_tasks.validate import datadocs
+
+    assets = Path(datadocs.ASSETS)
+    for line in (assets / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        assert hashlib.sha256((assets / name).read_bytes()).hexdigest() == digest, name
+    assert all((assets / local).is_file() for local in datadocs.CDN_COPIES.values())
+
+    templates = Path(great_expectations.__file__).parent / "render" / "view" / "templates"
+    tags = [m.group(0) for t in templates.glob("*.j2") for m in re.finditer(r"<(?:script|link)\b[^>]*>", t.read_text())]
+    remote = [(re.search(r'(?:src|href)="(https?://[^"]+)"', tag), tag) for tag in tags]
+    remote = [(m.group(1), tag) for m, tag in remote if m]
+    assert remote
+    for url, tag in remote:
+        assert url in datadocs.CDN_COPIES or url in datadocs.CHART_SCRIPTS, f"GX loads {url}: vendor it"
+        integrity = re.search(r'integrity="sha384-([^"]+)"', tag)
+        if integrity:
+            data = (assets / datadocs.CDN_COPIES[url]).read_bytes()
+            assert base64.b64encode(hashlib.sha384(data).digest()).decode() == integrity.group(1), url
+
+    parser = configparser.ConfigParser()
+    parser.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    package = assets.parents[1]
+    shipped = {p for pattern in parser["options.package_data"]["llmops_tasks"].split() for p in package.glob(pattern)}
+    assert {p for p in assets.rglob("*") if p.is_file()} <= shipped
+
+    (tmp_path / "index.html").write_text(
+        '<link rel="stylesheet" href="https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css"/>'
+        '<script src="https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js" integrity="sha384-x" '
+        'crossorigin="anonymous"></script><script src="https://cdn.example/new.js"></script>')
+    assert datadocs.make_offline(str(tmp_path)) == ['index.html: <script src="https://cdn.example/new.js"']
+    page = (tmp_path / "index.html").read_text()
+    assert 'href="static/vendor/bootstrap-4.3.1/css/bootstrap.min.css"' in page
+    assert '<script src="static/vendor/bootstrap-4.3.1/js/bootstrap.min.js"></script>' in page
+    assert (tmp_path / "static" / "vendor" / "jquery-3.7.1" / "jquery.min.js").is_file()
 
 
 def test_warn_severity_reports_without_failing_and_clears_stale_quarantine(tmp_path):

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from llmops_tasks.core import settings
 
 C = TypeVar("C")
 
@@ -24,9 +28,28 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING):
-    """A dataclass field whose help text is mandatory."""
-    kwargs: dict[str, Any] = {"metadata": {"help": help}}
+# What a path setting names (``field(path=...)``); :func:`build` makes each local one absolute and
+# :func:`check_paths` says which are missing, so a step never sees a path relative to a folder it
+# does not run in (a pod, Great Expectations' stores) and results and XComs hold absolute paths.
+PATH_KINDS = {
+    "input": "a file or folder the step reads; a local one must exist",
+    "output": "a folder the step writes (created when missing)",
+    "model": "a model folder or a hub id; a value that names a local path must exist",
+    "config": "a YAML recipe or policy: a path, or the file name of a packaged one",
+}
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # s3://, gs://, file://, models:/, runs:/
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+          path: str | None = None, keywords: tuple[str, ...] = ()):
+    """A dataclass field whose help text is mandatory.
+
+    ``path`` marks a path setting (a key of :data:`PATH_KINDS`); ``keywords`` are the words it also
+    takes that are not paths (``auto``, ``production``), left as they are.
+    """
+    if path is not None and path not in PATH_KINDS:
+        raise ValueError(f"field(path=...): expected one of {list(PATH_KINDS)}, got {path!r}")
+    kwargs: dict[str, Any] = {"metadata": {"help": help, "path": path, "keywords": tuple(keywords)}}
     if default_factory is not dataclasses.MISSING:
         kwargs["default_factory"] = default_factory
     elif default is not dataclasses.MISSING:
@@ -45,26 +68,45 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+def parse_overrides(pairs: list[str] | None, flag: str = "--set") -> dict[str, Any]:
     """Turn ``["a=1", "b.c=x"]`` into a nested dict; dotted keys address nested sections.
 
     Values stay text: each is converted to its setting's type in :func:`build`, so a free-text
-    setting receives exactly what was typed (``--set comment="approved: yes"``).
+    setting receives exactly what was typed (``--set comment="approved: yes"``). ``flag`` names
+    the option the pairs came from in messages (``--trainer`` for a section's own flag).
     """
     result: dict[str, Any] = {}
     for pair in pairs or []:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, _, raw = pair.partition("=")
         key = key.strip()
-        if not key:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        node = result
         parts = key.split(".")
-        for part in parts[:-1]:
+        if "=" not in pair or not all(part.strip() for part in parts):
+            raise ConfigError(f"{flag} expects key=value, got {pair!r}")
+        node = result
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{flag} {pair!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         node[parts[-1]] = raw
     return result
+
+
+def parse_json_overrides(texts: list[str] | None) -> dict[str, Any]:
+    """Each ``--set-json`` argument, a JSON object of settings (nested for sections), merged in order.
+
+    What a program that builds the settings passes (the DAG, from the trigger form's filled-in
+    fields): typed values, no quoting rules, and a setting it leaves out is left to the recipe.
+    """
+    merged: dict[str, Any] = {}
+    for text in texts or []:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--set-json expects a JSON object, got {text[:80]!r} ({exc})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"--set-json expects a JSON object, got {type(value).__name__}: {text[:80]!r}")
+        merged = deep_merge(merged, value)
+    return merged
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -162,8 +204,15 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def build(cls: type[C], values: dict[str, Any], *, where: str = "config") -> C:
-    """Instantiate ``cls`` from a mapping, rejecting unknown keys and coercing types."""
+def build(cls: type[C], values: dict[str, Any], *, where: str = "config",
+          sources: dict[str, str] | None = None) -> C:
+    """Instantiate ``cls`` from a mapping, rejecting unknown keys, coercing types and making local
+    paths absolute (:func:`resolve_path`).
+
+    ``where`` names where the values came from in messages; ``sources`` may name it per key (a
+    recipe's key or a flag's), so a bad flag is not blamed on the recipe.
+    """
+    sources = sources or {}
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(known))
@@ -172,15 +221,86 @@ def build(cls: type[C], values: dict[str, Any], *, where: str = "config") -> C:
     hint = "; ".join(f"{key} is now {moved[key]}" for key in unknown if key in moved)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"{sources.get(unknown[0], where)}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
             + (f"moved: {hint}; " if hint else "")
             + f"known settings are: {', '.join(sorted(known))}"
         )
-    kwargs = {name: coerce(value, hints[name], f"{where}.{name}" if where else name) for name, value in values.items()}
+    kwargs = {}
+    for name, value in values.items():
+        origin = sources.get(name, where)
+        label = f"{origin}.{name}" if origin else name
+        kwargs[name] = coerce(value, hints[name], label)
+        kind = known[name].metadata.get("path")
+        if kind and isinstance(kwargs[name], str):
+            try:
+                kwargs[name] = resolve_path(kwargs[name], kind, known[name].metadata.get("keywords", ()))
+            except FileNotFoundError as exc:  # a recipe or policy named by a path that is not there
+                raise ConfigError(f"{label}: {exc}") from None
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field was not given
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def is_uri(value: str) -> bool:
+    """``s3://...``, ``file://...``, ``models:/...``: a location no local folder is resolved against."""
+    return bool(_SCHEME.match(value.strip()))
+
+
+def _names_local_path(value: str) -> bool:
+    """Whether a model setting names a local path rather than a hub id (``name`` or ``org/name``)."""
+    path = Path(value).expanduser()
+    return value.startswith((".", "/", "~")) or len(path.parts) > 2 or path.exists()
+
+
+def resolve_path(value: str, kind: str, keywords: tuple[str, ...] = ()) -> str:
+    """A path setting's value as the step should see it, whatever folder it runs in: a local path
+    absolute (relative to the current folder), a packaged recipe or policy by its file name
+    (``kind="config"``); an empty value, a keyword, a URI or a hub id as given (stripped)."""
+    text = value.strip()
+    if not text or text in keywords or is_uri(text):
+        return text
+    if kind == "config":
+        return settings.config_file(text)
+    if kind == "model" and not _names_local_path(text):
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def check_paths(config: Any) -> None:
+    """Refuse a config whose local path settings name what is not there: an input that does not
+    exist, a local model folder that does not, an output folder that is a file. One
+    :class:`ConfigError` naming each such setting, before the step does any work."""
+    problems = _path_problems(config, "")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _path_problems(config: Any, prefix: str) -> list[str]:
+    problems = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name, None)
+        name = prefix + f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            problems += _path_problems(value, name + ".")
+            continue
+        kind = f.metadata.get("path")
+        if not kind or not isinstance(value, str):
+            continue
+        text = value.strip()
+        if not text or text in f.metadata.get("keywords", ()) or is_uri(text):
+            continue
+        local = Path(text).expanduser()
+        flag = "--" + f.name.replace("_", "-")
+        if kind in ("input", "config") and not local.exists():
+            problems.append(f"{name} ({flag}): no such file or folder: {text}")
+        elif kind == "model" and _names_local_path(text) and not local.is_dir():
+            what = "is not a folder" if local.exists() else "no such folder"
+            problems.append(f"{name} ({flag}): {what}: {text} (a model is a folder written by save_pretrained, "
+                            "or a hub id such as org/name)")
+        elif kind == "output" and local.exists() and not local.is_dir():
+            problems.append(f"{name} ({flag}): {text} is a file; expected a folder to write into")
+    return problems
 
 
 def load(cls: type[C], config_file: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> C:
@@ -188,10 +308,16 @@ def load(cls: type[C], config_file: str | Path | None = None, overrides: list[st
     values: dict[str, Any] = {}
     where = cls.__name__
     if config_file:
+        try:  # a packaged recipe or policy may be named by its file name alone
+            config_file = settings.config_file(str(config_file))
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
         values = load_yaml(config_file)
         where = str(config_file)
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-    return build(cls, deep_merge(values, extra), where=where)
+    merged = deep_merge(values, extra)
+    # a value given over the recipe is named as the setting's, not as the recipe's
+    return build(cls, merged, where=where, sources={key: cls.__name__ for key in extra})
 
 
 def to_dict(config: Any) -> dict[str, Any]:

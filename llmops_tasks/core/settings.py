@@ -67,6 +67,43 @@ def packaged_policy(name: str) -> str:
     return _packaged("policies", name)
 
 
+def config_file(value: str) -> str:
+    """A recipe or policy as a user names it (a form field, ``--config``): a URI stays as given, an
+    existing file or any path with a folder in it becomes absolute, and a bare file name no file
+    here has is the packaged recipe or policy of that name (``dpo_llama_lora.yaml``, ``gate.yaml``)."""
+    value = value.strip()
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.exists() or len(path.parts) > 1:
+        return str(path.resolve())
+    for folder in ("recipes", "policies"):
+        if (PACKAGE_DIR / folder / value).is_file():
+            return str(PACKAGE_DIR / folder / value)
+    packaged = sorted(p.name for folder in ("recipes", "policies") for p in (PACKAGE_DIR / folder).glob("*.yaml"))
+    raise FileNotFoundError(f"config file not found: {value} (no such file here, nor a packaged recipe or policy; "
+                            f"packaged: {', '.join(packaged)})")
+
+
+
+# Governance settings of a deployment (environment of the Airflow workers and of whoever runs
+# `llmops registry`), never of a DAG run: a trigger Param cannot turn them on.
+ALLOW_APPROVAL_WAIVER = "LLMOPS_ALLOW_APPROVAL_WAIVER"
+ALLOW_GATE_OVERRIDE = "LLMOPS_ALLOW_GATE_OVERRIDE"
+GATE_POLICY = "LLMOPS_GATE_POLICY"
+
+
+def deployment_allows(variable: str) -> bool:
+    """Whether a governance exception (``ALLOW_APPROVAL_WAIVER``, ``ALLOW_GATE_OVERRIDE``) is
+    enabled for this deployment: the variable is ``true``/``1``/``yes``; anything else is no."""
+    return os.environ.get(variable, "").strip().lower() in ("1", "true", "yes")
+
+
+def gate_policy() -> str:
+    """The deployment's standard gate policy: ``$LLMOPS_GATE_POLICY``, else the packaged gate.yaml."""
+    return os.environ.get(GATE_POLICY, "").strip() or packaged_policy("gate.yaml")
+
+
 def sample_data_dir() -> Path:
     return home() / "data"
 

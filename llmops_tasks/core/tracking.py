@@ -106,19 +106,25 @@ def quote(value: str) -> str:
     return value.replace("'", "\\'")
 
 
+def _find_pipeline_run(ctx: RunContext, experiment: str, mlflow_client) -> str | None:
+    query = (
+        f"tags.`{TAG_ROLE}` = 'pipeline' and tags.`{TAG_DAG_ID}` = '{quote(ctx.dag_id)}' "
+        f"and tags.`{TAG_RUN_ID}` = '{quote(ctx.run_id)}'"
+    )
+    found = mlflow_client.search_runs([experiment], filter_string=query, max_results=1,
+                                      order_by=["attributes.start_time ASC"])
+    return found[0].info.run_id if found else None
+
+
 def pipeline_run_id(ctx: RunContext, mlflow_client=None, tags: dict[str, str] | None = None) -> str | None:
     """The parent run of this DAG run, created on first use; ``None`` outside a DAG run."""
     if not ctx.run_id:
         return None
     mlflow_client = mlflow_client or client()
     exp = experiment_id(mlflow_client)
-    query = (
-        f"tags.`{TAG_ROLE}` = 'pipeline' and tags.`{TAG_DAG_ID}` = '{quote(ctx.dag_id)}' "
-        f"and tags.`{TAG_RUN_ID}` = '{quote(ctx.run_id)}'"
-    )
-    found = mlflow_client.search_runs([exp], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"])
+    found = _find_pipeline_run(ctx, exp, mlflow_client)
     if found:
-        return found[0].info.run_id
+        return found
     run = mlflow_client.create_run(
         exp,
         run_name=f"{ctx.dag_id}/{ctx.run_id}",
@@ -131,6 +137,26 @@ def pipeline_run_id(ctx: RunContext, mlflow_client=None, tags: dict[str, str] | 
         },
     )
     return run.info.run_id
+
+
+def end_pipeline_run(ctx: RunContext, status: str, tags: dict[str, str] | None = None, mlflow_client=None) -> str | None:
+    """End this DAG run's parent run (``FINISHED`` / ``FAILED`` / ``KILLED``) with ``tags``; creates
+    none. Returns its id, ``None`` when the DAG run has no parent run (no step reached MLflow)."""
+    from mlflow.entities import RunTag
+
+    if not ctx.run_id:
+        return None
+    mlflow_client = mlflow_client or client()
+    exp = get_or_create_experiment(settings.experiment_name(), mlflow_client, create=False)
+    if exp is None:
+        return None
+    run_id = _find_pipeline_run(ctx, exp, mlflow_client)
+    if not run_id:
+        return None
+    if tags:
+        mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    mlflow_client.set_terminated(run_id, status)
+    return run_id
 
 
 def run_url(run_id: str, mlflow_client=None) -> str:

@@ -12,15 +12,21 @@ a mutex built on the atomic creation of a registered model), and a promotion nam
 production is read, compared and moved, so of two promotions racing from the same champion
 exactly one wins and the other is refused; a stale candidate never replaces a newer champion.
 
+Promotion rules (``rules.py``) are checked here, under the lock, on every path that moves
+``production``: a rejected version never holds it, a waived approval or a non-standard gate policy
+only where the deployment allows it.
+
 Audit: each move tags the versions it touches (who, when, why, the DAG run, the gate decision) and
-appends one line to the model's append-only ``audit.jsonl`` (see ``audit.py``). Each version's
-description is its model card (``modelcard.py``).
+appends one line to the model's append-only ``audit.jsonl`` (see ``audit.py``); so does each
+approval decision. Each version's description is its model card (``modelcard.py``), whose
+governance section follows the version's approval.
 """
 
 from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +36,7 @@ from llmops_tasks.core import data, settings, tracking
 from llmops_tasks.core.config import field, require
 from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.core.settings import RunContext
-from llmops_tasks.registry import audit, modelcard
+from llmops_tasks.registry import audit, modelcard, rules
 from llmops_tasks.serving import flavor
 
 STAGING = "staging"
@@ -190,6 +196,8 @@ def register(config: RegisterConfig) -> dict:
             f"registry: refusing to register: the candidate failed its gate ({decision.get('reason', 'no reason')})",
             {"registered": False, "reason": decision.get("reason", "")},
         )
+    if why := rules.gate_refusal(decision):
+        raise StepFailed(f"registry: refusing to register: {why}", {"registered": False, "reason": why})
     train = data.read_json(config.train_result)
     metrics = data.read_json(config.metrics)
     validation = data.read_json(config.validation) if config.validation else None
@@ -232,10 +240,14 @@ def _lineage(train: dict, metrics: dict, decision: dict, validation: dict | None
         "llmops.train_mlflow_run": train.get("mlflow_run_id", ""),
         "llmops.gate_passed": str(bool(decision.get("passed"))).lower(),
         "llmops.gate_reason": decision.get("reason", ""),
+        "llmops.gate_policy": decision.get("policy_file") or decision.get("standard_policy_file") or "",
+        "llmops.gate_policy_standard": str(bool(decision.get("policy_standard", True))).lower(),
+        "llmops.gate_overrides": json.dumps(decision.get("overrides") or {}, sort_keys=True),
         "llmops.champion": metrics.get("champion_label", ""),
         "llmops.champion_version": metrics.get("champion_version", ""),
         **{f"metric.{k}": str(round(float(v), 6)) for k, v in candidate.items() if isinstance(v, (int, float))},
     }
+    lineage["llmops.exceptions"] = "; ".join(rules.exceptions(lineage))
     return {k: str(v) for k, v in lineage.items()}
 
 
@@ -326,21 +338,19 @@ def promote(config: PromoteConfig) -> dict:
     version = config.version or alias_versions(name, mlflow_client).get(STAGING, "")
     if not version:
         raise StepFailed(f"registry promote: no version given and no '{STAGING}' alias on {name}")
-    mv = _model_version(name, version, mlflow_client, "promote")
-    tags = mv.tags or {}
-    if tags.get("llmops.gate_passed") != "true":
-        raise StepFailed(f"registry promote: {name} v{version} has no passed gate decision; it cannot reach production",
-                         {"model_name": name, "version": version, "changed": False})
-    if tags.get("llmops.approval") == "rejected":
-        raise StepFailed(f"registry promote: {name} v{version} was rejected by {tags.get('llmops.approval_by', '?')} "
-                         f"({tags.get('llmops.approval_comment', '')}); it cannot reach production",
-                         {"model_name": name, "version": version, "changed": False})
+    _model_version(name, version, mlflow_client, "promote")
     ctx = RunContext.from_env()
     run = _run_label(ctx)
-    actor = _actor(config.approved_by)
-    gate = {"passed": True, "reason": tags.get("llmops.gate_reason", "")}
-    with audit.registry_lock(name, mlflow_client, holder=f"promote v{version} by {actor} in {run}",
+    with audit.registry_lock(name, mlflow_client, holder=f"promote v{version} by {_actor(config.approved_by)} in {run}",
                              timeout_s=config.lock_timeout):
+        tags = _model_version(name, version, mlflow_client, "promote").tags or {}
+        _refuse_production(name, version, tags, "promote", require_decision=False)
+        # Promoting a version no one decided on (`llmops registry promote` by hand) is the promoter's approval.
+        approve_now = not tags.get("llmops.approval")
+        actor = (_actor(config.approved_by) if config.approved_by or approve_now
+                 else tags.get("llmops.approval_by") or _actor())
+        comment = config.comment or tags.get("llmops.approval_comment", "")
+        gate = {"passed": True, "reason": tags.get("llmops.gate_reason", "")}
         aliases = alias_versions(name, mlflow_client)
         current = aliases.get(PRODUCTION, "")
         if current == version:
@@ -359,11 +369,14 @@ def promote(config: PromoteConfig) -> dict:
                 f"v{expected or 'none'}; refusing to replace a newer champion with a stale candidate",
                 {"model_name": name, "version": version, "changed": False, "production": current},
             )
+        if approve_now:
+            tags = _write_approval(name, version, rules.APPROVED, actor, comment, mlflow_client)
+        gate.update(approval=tags.get("llmops.approval", ""), exceptions=rules.exceptions(tags))
         # Tags first: a crash after them and before the alias move is finished by the retry.
         _set_tags(name, version, {
             "llmops.promoted_by": actor,
             "llmops.promoted_at": _now(),
-            "llmops.promotion_comment": config.comment,
+            "llmops.promotion_comment": comment,
             "llmops.promoted_in_run": run,
             "llmops.replaced_version": current or "none",
         }, mlflow_client)
@@ -372,37 +385,73 @@ def promote(config: PromoteConfig) -> dict:
             _set_tags(name, current, {"llmops.replaced_at": _now(), "llmops.replaced_by_version": version},
                       mlflow_client)
         mlflow_client.set_registered_model_alias(name, PRODUCTION, version)
-        _record(name, mlflow_client, "promoted", version, (run,), actor=actor, comment=config.comment,
+        _record(name, mlflow_client, "promoted", version, (run,), actor=actor, comment=comment,
                 replaced=current or "none", aliases_before=aliases, gate=gate)
     return {"model_name": name, "version": version, "changed": True, "replaced": current,
             "aliases": _aliases_of(name, version, mlflow_client)}
 
 
-def record_approval(version: str, *, approved: bool, by: str, comment: str = "", model_name: str = "") -> dict:
-    """Record an approval decision (or its waiver) on the version and in the audit log; moves no alias."""
-    name = model_name or settings.model_name()
-    mlflow_client = tracking.client()
+def _refuse_production(name: str, version: str, tags: dict[str, str], action: str, *, require_decision: bool) -> None:
+    if why := rules.refusal(tags, require_decision=require_decision):
+        raise StepFailed(f"registry {action}: {name} v{version} cannot reach production: {why}",
+                         {"model_name": name, "version": str(version), "changed": False, "refused": why})
+
+
+def _write_approval(name: str, version: str, decision: str, actor: str, comment: str, mlflow_client) -> dict[str, str]:
+    """Tag the decision, refresh the exceptions and the card's governance section, write the audit
+    line; call under the model's registry lock. Returns the version's tags after."""
     ctx = RunContext.from_env()
-    decision = "approved" if approved else "rejected"
+    run = _run_label(ctx)
+    mv = _model_version(name, version, mlflow_client, "approval")
+    tags = dict(mv.tags or {})
+    if tags.get("llmops.approval") == decision and tags.get("llmops.approval_run") == run:
+        decided = tags  # a retry: the tags are written, make sure the audit line is too
+    else:
+        decided = {**tags, "llmops.approval": decision, "llmops.approval_by": actor, "llmops.approval_at": _now(),
+                   "llmops.approval_comment": comment, "llmops.approval_run": run}
+        decided["llmops.exceptions"] = "; ".join(rules.exceptions(decided))
+        _set_tags(name, version, {k: decided[k] for k in (
+            "llmops.approval", "llmops.approval_by", "llmops.approval_at", "llmops.approval_comment",
+            "llmops.approval_run", "llmops.exceptions")}, mlflow_client)
+        mlflow_client.update_model_version(name, version,
+                                           description=modelcard.with_governance(mv.description or "", decided))
+    _record(name, mlflow_client, decision, version, (run,), actor=decided["llmops.approval_by"],
+            comment=decided["llmops.approval_comment"], exceptions=rules.exceptions(decided),
+            production=alias_versions(name, mlflow_client).get(PRODUCTION, "none"))
+    return decided
+
+
+def record_approval(version: str, *, decision: str, by: str, comment: str = "", model_name: str = "") -> dict:
+    """Record a human's decision on a version (``approved`` / ``rejected``) or the waiver of it
+    (``waived``, only where the deployment allows it) on the version, its model card and in the
+    audit log; moves no alias. A rejection is final: approving a rejected version is refused."""
+    require(decision in rules.DECISIONS, f"registry approval: decision must be one of {rules.DECISIONS}, got {decision!r}")
+    name = model_name or settings.model_name()
+    version = str(version)
+    mlflow_client = tracking.client()
     actor = _actor(by)
-    _model_version(name, str(version), mlflow_client, "approval")
+    _model_version(name, version, mlflow_client, "approval")
+    if decision == rules.WAIVED and (why := rules.waiver_refusal()):
+        raise StepFailed(f"registry approval: cannot waive the approval of {name} v{version}: {why}",
+                         {"model_name": name, "version": version, "approval": "", "refused": why})
     with _lock(name, mlflow_client, decision):
-        _set_tags(name, str(version), {
-            "llmops.approval": decision,
-            "llmops.approval_by": actor,
-            "llmops.approval_at": _now(),
-            "llmops.approval_comment": comment,
-            "llmops.approval_run": _run_label(ctx),
-        }, mlflow_client)
-        _record(name, mlflow_client, decision, str(version), (_run_label(ctx),), actor=actor, comment=comment,
-                production=alias_versions(name, mlflow_client).get(PRODUCTION, "none"))
-    return {"model_name": name, "version": str(version), "approval": decision, "by": actor}
+        tags = _model_version(name, version, mlflow_client, "approval").tags or {}
+        if tags.get("llmops.approval") == rules.REJECTED and decision != rules.REJECTED:
+            raise StepFailed(
+                f"registry approval: {name} v{version} was rejected by {tags.get('llmops.approval_by') or '?'} at "
+                f"{tags.get('llmops.approval_at') or '?'}; a rejection is final (register a new candidate instead)",
+                {"model_name": name, "version": version, "approval": rules.REJECTED})
+        decided = _write_approval(name, version, decision, actor, comment, mlflow_client)
+    return {"model_name": name, "version": version, "approval": decision, "by": decided["llmops.approval_by"],
+            "exceptions": rules.exceptions(decided)}
 
 
 @dataclass
 class ApprovalConfig(RegistryConfig):
     version: str = field("", help="model version the decision is about (required)")
-    decision: Literal["approved", "rejected"] = field("approved", help="approved, or rejected (never promoted after)")
+    decision: Literal["approved", "rejected", "waived"] = field(
+        "approved", help="approved; rejected (final: never promoted after); waived (no human decided; only where "
+                         "the deployment sets LLMOPS_ALLOW_APPROVAL_WAIVER=true)")
     by: str = field("", help="who decided (default: $LLMOPS_ACTOR or the OS user)")
     comment: str = field("", help="why: recorded on the version and in its audit log")
 
@@ -410,14 +459,14 @@ class ApprovalConfig(RegistryConfig):
         super().__post_init__()
         self.version = str(self.version).strip().removeprefix("v")
         require(bool(self.version), "registry approval: version is required")
-        require(self.decision in ("approved", "rejected"),
-                f"registry approval: decision must be approved or rejected, got {self.decision!r}")
+        require(self.decision in rules.DECISIONS,
+                f"registry approval: decision must be one of {', '.join(rules.DECISIONS)}, got {self.decision!r}")
 
 
 def approval(config: ApprovalConfig) -> dict:
     """``llmops registry approval``: record a human's decision (or a waiver) on a version; moves no alias."""
-    return record_approval(config.version, approved=config.decision == "approved", by=config.by,
-                           comment=config.comment, model_name=config.model_name)
+    return record_approval(config.version, decision=config.decision, by=config.by, comment=config.comment,
+                           model_name=config.model_name)
 
 
 @dataclass
@@ -444,9 +493,7 @@ def rollback(config: RollbackConfig) -> dict:
             raise StepFailed(f"registry rollback: {name} has no '{PREVIOUS}' alias and no --to-version was given",
                              {"model_name": name, "changed": False})
         tags = _model_version(name, target, mlflow_client, "rollback").tags or {}
-        if tags.get("llmops.gate_passed") != "true":
-            raise StepFailed(f"registry rollback: {name} v{target} has no passed gate decision; it cannot reach "
-                             "production", {"model_name": name, "version": target, "changed": False})
+        _refuse_production(name, target, tags, "rollback", require_decision=True)
         current = aliases.get(PRODUCTION, "")
         if current == target:
             return {"model_name": name, "version": target, "changed": False}
@@ -492,6 +539,7 @@ def status(config: StatusConfig) -> dict:
             "metrics": {k.removeprefix("metric."): v for k, v in tags.items() if k.startswith("metric.")},
             "promoted_by": tags.get("llmops.promoted_by", ""),
             "approval": tags.get("llmops.approval", ""),
+            "exceptions": tags.get("llmops.exceptions", ""),
         }
     events = audit.AuditLog(config.model_name, mlflow_client).events() if aliases else []
     last = events[-1] if events else {}

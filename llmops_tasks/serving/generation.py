@@ -7,6 +7,7 @@ the model's chat template, answers cut at EOS / pad and decoded without special 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -35,9 +36,13 @@ def prompt_text(tokenizer, prompt: Any) -> str:
 
 
 def generate(
-    model_ref: str, prompts: list[Any], *, max_new_tokens: int, batch_size: int, seed: int
+    model_ref: str, prompts: list[Any], *, max_new_tokens: int, batch_size: int, seed: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[str, int]]:
-    """Greedy answers to ``prompts``: (text of the new tokens, number of new tokens before EOS)."""
+    """Greedy answers to ``prompts``: (text of the new tokens, number of new tokens before EOS).
+
+    ``progress(done, total)`` is called after each batch (prompts answered so far, all prompts).
+    """
     import torch
 
     # Decoder-only models continue from the last position: pad on the left so every prompt ends there.
@@ -59,5 +64,7 @@ def generate(
             for row in output[:, encoded["input_ids"].shape[1]:].tolist():
                 length = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
                 answers.append((tokenizer.decode(row[:length], skip_special_tokens=True).strip(), length))
+            if progress is not None:
+                progress(len(answers), len(texts))
     del model
     return answers

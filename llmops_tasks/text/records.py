@@ -126,3 +126,17 @@ def checked_columns(kind: str, columns: set[str]) -> tuple[tuple[str, ...], tupl
         required = ("messages",)
     optional = tuple(c for c in TEXT_COLUMNS if c in columns and c not in required)
     return required, optional
+
+
+def _calls_tools_without_content(message: Any) -> bool:
+    return (isinstance(message, dict) and message.get("role") == "assistant" and message.get("content") is None
+            and isinstance(message.get("tool_calls"), list) and bool(message["tool_calls"]))
+
+
+def message_cell(value: Any) -> tuple[str | None, str | None]:
+    """:func:`flatten_text`, except that an assistant message calling tools (``tool_calls``) may
+    leave out its content or make it null, as TRL and the chat templates allow: it reads as empty
+    text. What validate reads a text cell as."""
+    if isinstance(value, (list, tuple)) and any(_calls_tools_without_content(m) for m in value):
+        value = [{**m, "content": ""} if _calls_tools_without_content(m) else m for m in value]
+    return flatten_text(value)

@@ -14,6 +14,10 @@ from llmops_tasks.text.records import TEXT_COLUMNS
 # from data columns.
 TYPE_SUFFIX = "__type"
 PAIR_EQUAL_COLUMN = "chosen_equals_rejected__derived"
+# Per-row flags whose mean is a data set rule's share (Data Docs name them; they are totalled while streaming).
+PROMPT_REPEATS_COLUMN = "prompt__repeats"
+CHOSEN_LONGER_COLUMN = "chosen_longer_than_rejected__derived"
+DATASET_CHECK = "data set statistic"  # the ``expectation`` of a data set rule in validation.json
 ALLOWED_TYPES = ("text", "messages")
 MESSAGE_SAMPLE = 5  # row ids named per failed rule in the error message
 REPORT_SAMPLE = 100  # row ids kept per rule in validation.json
@@ -23,14 +27,26 @@ SEVERITIES = ("block", "warn")
 # ``severity`` and ``mostly`` settings take a family (all columns) or an exact rule name.
 COLUMN_FAMILIES = ("present", "not_null", "is_text", "not_blank", "length", "tokens", "valid_utf8",
                    "no_control_chars")
+# The conversational rules (validate/conversations.py) and their measurement columns: checked only
+# where a row holds a message list, by a GX suite of their own (batches without one skip it).
+CONVERSATION_COLUMNS = {
+    "message_roles_known": "conversation__roles",
+    "message_content_non_empty": "conversation__content",
+    "prompt_ends_with_user_turn": "conversation__prompt_end",
+    "answers_are_assistant_turns": "conversation__answer_roles",
+    "tool_messages_follow_tool_calls": "conversation__tool_calls",
+    "text_forms_match": "conversation__forms",
+    "chat_template_renders": "conversation__chat_template",
+}
 ROW_FAMILIES = ("no_pii", "id_unique", "no_duplicate_rows", "no_normalized_duplicates",
-                "chosen_differs_from_rejected", "prompt_not_in_against", "prompt_not_in_against_normalized")
+                "chosen_differs_from_rejected", "prompt_not_in_against", "prompt_not_in_against_normalized",
+                *CONVERSATION_COLUMNS)
 DATASET_FAMILIES = ("row_count", "prompt_duplication", "length_bias")
 FAMILIES = COLUMN_FAMILIES + ROW_FAMILIES + DATASET_FAMILIES
 # Statistics that describe rather than condemn: reported, but a run goes on unless told otherwise.
 DEFAULT_SEVERITY = {"no_normalized_duplicates": "warn", "prompt_duplication": "warn", "length_bias": "warn"}
 
-def _family_of(rule: str) -> str:
+def family_of(rule: str) -> str:
     if rule in FAMILIES:
         return rule
     for family in COLUMN_FAMILIES:
@@ -52,7 +68,7 @@ def _share(where: str, value: Any) -> float:
 def _check_rule_keys(setting: str, mapping: dict[str, Any]) -> None:
     for key in mapping:
         require(
-            _family_of(str(key)) in FAMILIES,
+            family_of(str(key)) in FAMILIES,
             f"{setting}: unknown rule {key!r}; use a rule family ({', '.join(FAMILIES)}) "
             f"or an exact rule name such as prompt_not_blank",
         )
@@ -62,25 +78,32 @@ def _check_rule_keys(setting: str, mapping: dict[str, Any]) -> None:
 class ValidateConfig:
     """Settings of the ``validate`` step."""
 
-    dataset: str = field("", help="data set to check: path or URI of a .jsonl or .parquet file (required)")
+    dataset: str = field("", path="input",
+                         help="data set to check: path or URI of a .jsonl or .parquet file (required)")
     kind: Literal["preference", "sft", "eval"] = field(
         "preference", help="kind of data set; decides the required columns and rules"
     )
-    report_dir: str = field("", help="folder for validation.json, quarantine.jsonl and Data Docs "
-                                     "(default: the run's validate step folder)")
-    against: str = field("", help="data set whose prompts must not appear here (e.g. the eval split): "
-                                  "contamination check, exact and normalized; empty = no check")
-    against_policy: str = field("", help="policy the `against` set is itself validated with first (a fixed eval "
-                                         "set: validate_eval.yaml), a path or the name of a packaged policy; "
-                                         "its report goes under {report_dir}/eval_set; empty = only read")
+    report_dir: str = field("", path="output", help="folder for validation.json, quarantine.jsonl and Data Docs "
+                                                    "(default: the run's validate step folder)")
+    against: str = field("", path="input", help="data set whose prompts must not appear here (e.g. the eval split): "
+                                                "contamination check, exact and normalized; empty = no check")
+    against_policy: str = field("", path="config",
+                                help="policy the `against` set is itself validated with first (a fixed eval "
+                                     "set: validate_eval.yaml), a path or the name of a packaged policy; "
+                                     "its report goes under {report_dir}/eval_set; empty = only read")
     min_rows: int = field(1, help="fewest rows the data set may have")
     max_rows: int = field(0, help="most rows the data set may have; 0 = no limit")
     min_chars: int = field(1, help="fewest characters a text field may have (message lists: their joined content)")
     max_chars: int = field(20000, help="most characters a text field may have (message lists: their joined content)")
-    tokenizer: str = field("", help="tokenizer folder or name for token lengths (AutoTokenizer); "
-                                    "empty = whitespace-separated words")
+    tokenizer: str = field("", path="model", help="tokenizer folder or name for token lengths (AutoTokenizer); "
+                                                 "empty = whitespace-separated words")
     min_tokens: int = field(0, help="fewest tokens a text field may have; 0 = no lower bound")
     max_tokens: int = field(0, help="most tokens a text field may have; 0 = no token rule")
+    check_chat_template: bool = field(
+        True, help="with `tokenizer` set: render every row holding a message list with the tokenizer's chat "
+                   "template as TRL does (prompt with the generation prompt, prompt + each answer, messages), "
+                   "rule chat_template_renders; costs a few template renders per conversational row (about "
+                   "0.1 to 1 ms each, by template), strings cost nothing; false = no render")
     check_duplicates: bool = field(True, help="fail on rows repeating an earlier row's prompt and response text")
     pii_kinds: list[str] = field(default_factory=lambda: list(pii.KINDS),
                                  help=f"kinds of personal data and secrets to look for ({', '.join(pii.KINDS)}); "
@@ -138,9 +161,9 @@ class ValidateConfig:
         require(self.gx_batch_rows >= 1, f"gx_batch_rows: expected 1 or more, got {self.gx_batch_rows}")
 
     def severity_of(self, rule: str) -> str:
-        family = _family_of(rule)
+        family = family_of(rule)
         return self.severity.get(rule) or self.severity.get(family) or DEFAULT_SEVERITY.get(family, "block")
 
     def mostly_of(self, rule: str) -> float:
-        value = self.mostly.get(rule, self.mostly.get(_family_of(rule), 1.0))
+        value = self.mostly.get(rule, self.mostly.get(family_of(rule), 1.0))
         return float(value)

@@ -9,7 +9,8 @@ from typing import Any
 
 from llmops_tasks.core import data
 from llmops_tasks.text.columns import RE2_NOT_BLANK, KeySet, TextColumn, combine_keys, flags_where, text_keys
-from llmops_tasks.text.records import prompt_cell, row_id
+from llmops_tasks.text.records import message_cell, prompt_cell, row_id
+from llmops_tasks.validate import conversations
 from llmops_tasks.validate.config import PAIR_EQUAL_COLUMN, TYPE_SUFFIX, ValidateConfig
 
 # --- the measurement table GX checks ------------------------------------------------------------
@@ -66,8 +67,10 @@ def row_ids(chunk: data.Chunk, label: str = "line") -> tuple[list[str], Any]:
 
 def measure(chunk: data.Chunk, text_columns: tuple[str, ...], key_columns: tuple[str, ...],
             config: ValidateConfig, seen: Seen, count_tokens: Callable[[list[str]], list[int]],
-            id_label: str, offset: int):
-    """One row per record: its id, position, and what each rule needs to know about it."""
+            id_label: str, offset: int, chat_template: conversations.ChatTemplate | None = None):
+    """One row per record: its id, position, and what each rule needs to know about it; the
+    conversational measurements only where a row holds a message list (rendered with
+    ``chat_template`` when given)."""
     import numpy as np
     import pandas as pd
 
@@ -76,7 +79,7 @@ def measure(chunk: data.Chunk, text_columns: tuple[str, ...], key_columns: tuple
     n = len(chunk)
     ids, id_values = row_ids(chunk, id_label)
     frame: dict[str, Any] = {"id": pd.Series(ids, dtype=object), "row": pd.Series(np.arange(offset, offset + n))}
-    columns = {column: TextColumn.of(chunk, column) for column in text_columns}
+    columns = {column: TextColumn.of(chunk, column, message_cell) for column in text_columns}
     for column, text in columns.items():
         tokens = np.full(n, np.nan)
         if config.max_tokens or config.min_tokens:
@@ -145,6 +148,7 @@ def measure(chunk: data.Chunk, text_columns: tuple[str, ...], key_columns: tuple
         seen.chosen_chars += int(chosen_chars.sum())
         seen.rejected_chars += int(rejected_chars.sum())
         frame[PAIR_EQUAL_COLUMN] = pd.Series(flags_where(equal, both))
+    frame.update(conversations.measure(chunk, columns, text_columns, config.kind, chat_template))
     seen.row_count += n
     return pd.DataFrame(frame)
 

@@ -9,7 +9,7 @@ from typing import Any
 from llmops_tasks.core import data
 from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.core.io import AtomicFile
-from llmops_tasks.validate.config import MESSAGE_SAMPLE, REPORT_SAMPLE, ValidateConfig
+from llmops_tasks.validate.config import DATASET_CHECK, MESSAGE_SAMPLE, REPORT_SAMPLE, ValidateConfig
 from llmops_tasks.validate.measures import Seen
 
 
@@ -44,9 +44,13 @@ class Tally:
 
     def __init__(self) -> None:
         self.rules: dict[str, dict[str, Any]] = {}
+        self.batches = 0
 
-    def add(self, validation: Any) -> dict[int, list[str]]:
+    def add(self, validation: Any, batch: bool = True) -> dict[int, list[str]]:
+        """Add one GX run's outcomes; ``batch``: it is a GX batch of its own (not the conversational
+        suite's run over the same rows). Returns ``{row: rules it broke}``."""
         flagged: dict[int, list[str]] = {}
+        self.batches += int(batch)
         for outcome in validation.results:
             config = outcome.expectation_config
             meta = config.meta or {}
@@ -58,6 +62,8 @@ class Tally:
                 "kwargs": {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)},
                 "severity": meta.get("severity", "block"),
                 "mostly": meta.get("mostly", 1.0),
+                "element_count": 0,
+                "missing_count": 0,
                 "checked_rows": 0,
                 "unexpected_count": 0,
                 "sample_ids": [],
@@ -66,7 +72,10 @@ class Tally:
             error = _exception_message(outcome.exception_info)
             if error and "error" not in entry:
                 entry["error"] = error
-            entry["checked_rows"] += int(result.get("element_count") or 0) - int(result.get("missing_count") or 0)
+            elements, missing = int(result.get("element_count") or 0), int(result.get("missing_count") or 0)
+            entry["element_count"] += elements
+            entry["missing_count"] += missing
+            entry["checked_rows"] += elements - missing
             entry["unexpected_count"] += int(result.get("unexpected_count") or 0)
             column = config.kwargs.get("column")
             for item in result.get("unexpected_index_list") or []:
@@ -78,6 +87,14 @@ class Tally:
                 if len(entry["sample_values"]) < MESSAGE_SAMPLE and column in item:
                     entry["sample_values"].append(_short(_plain(item[column])))
         return flagged
+
+    def add_missing(self, rules: list[str], rows: int) -> None:
+        """Rows a GX run of ``rules`` would have counted as missing (a batch without a message list
+        skips the conversational suite): element counts stay those of the whole data set."""
+        for rule in rules:
+            if rule in self.rules:
+                self.rules[rule]["element_count"] += rows
+                self.rules[rule]["missing_count"] += rows
 
     def finish(self, order: list[str]) -> list[dict[str, Any]]:
         for entry in self.rules.values():
@@ -144,7 +161,7 @@ def dataset_rules(config: ValidateConfig, seen: Seen, required: tuple[str, ...],
     rules = []
 
     def add(rule: str, success: bool, observed: str, value: Any, **extra: Any) -> None:
-        rules.append({"rule": rule, "expectation": "data set statistic", "severity": config.severity_of(rule),
+        rules.append({"rule": rule, "expectation": DATASET_CHECK, "severity": config.severity_of(rule),
                       "success": success, "observed": observed, "observed_value": value, **extra})
 
     rows = seen.row_count

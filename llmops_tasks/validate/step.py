@@ -15,7 +15,8 @@ chosen-vs-rejected length bias) are computed while streaming and reported alongs
 Every rule has a severity (``block`` or ``warn``) and a ``mostly`` threshold from the config.
 Blocking failures raise :class:`StepFailed` (CLI exit code 1) naming each rule, its count and
 sample row ids; every row that broke a row rule is written to ``quarantine.jsonl`` with the rules
-it broke. ``validation.json`` lists every rule; GX Data Docs (HTML) are built under
+it broke. ``validation.json`` lists every rule; GX Data Docs (HTML) of the same rules, one
+validation result for the whole data set that renders offline (:mod:`.datadocs`), are built under
 ``{report_dir}/gx`` for local report folders. Every row carries an ``id`` (its own, or ``line N``
 / ``row N``), and conversational rows are flattened to their text first, so the same rules apply
 to both forms.
@@ -39,10 +40,12 @@ from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.core.settings import RunContext
 from llmops_tasks.text.columns import token_counter
 from llmops_tasks.text.records import checked_columns
-from llmops_tasks.validate.config import ALLOWED_TYPES, TYPE_SUFFIX, ValidateConfig
+from llmops_tasks.validate import datadocs
+from llmops_tasks.validate.config import ALLOWED_TYPES, CONVERSATION_COLUMNS, TYPE_SUFFIX, ValidateConfig
+from llmops_tasks.validate.conversations import ChatTemplate
 from llmops_tasks.validate.measures import Seen, measure, read_against
 from llmops_tasks.validate.report import Quarantine, Tally, dataset_hash, dataset_rules, describe_failure, load_failure
-from llmops_tasks.validate.suite import SuiteRunner, build_suite
+from llmops_tasks.validate.suite import SuiteRunner, build_suite, conversation_suite
 
 log = logging.getLogger(__name__)
 # What the result says of the ``against`` set's own check.
@@ -56,18 +59,32 @@ def _is_local(uri: str) -> bool:
 
 
 def _check_batch(pending: list[tuple[data.Chunk, Any]], runner: SuiteRunner, tally: Tally,
-                 quarantine: Quarantine | None, blocking: set[str]) -> None:
-    """One GX run over the measurements of ``pending`` chunks; the rows it flags go to quarantine."""
+                 quarantine: Quarantine | None, blocking: set[str]) -> int:
+    """One GX run over the measurements of ``pending`` chunks, and one of the conversational suite
+    where a row holds a message list; the rows they flag go to quarantine. Returns the rows the
+    conversational suite skipped (none of them holds a message list)."""
     import pandas as pd
 
     frames = [frame for _, frame in pending]
     batch = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    for name in batch.columns:  # few distinct values: categories spare GX a Python call per value
-        if name.endswith(TYPE_SUFFIX) or name == "pii__found":
-            batch[name] = batch[name].astype("category")
+    talk = [c for c in CONVERSATION_COLUMNS.values() if c in batch.columns]
+    conversations = None
+    if talk:  # measured only in chunks holding a message list; the rest of the batch is null (missing)
+        conversations = batch.reindex(columns=["id", "row", *runner.conversation_columns])
+        batch = batch.drop(columns=talk)
+    for frame in (batch, conversations):
+        for name in frame.columns if frame is not None else ():
+            # few distinct values: categories spare GX a Python call per value
+            if name.endswith(TYPE_SUFFIX) or name == "pii__found" or name in runner.conversation_columns:
+                frame[name] = frame[name].astype("category")
     flagged = tally.add(runner.run(batch))
+    skipped = len(batch)
+    if conversations is not None and runner.conversations is not None:
+        for position, rules in tally.add(runner.run_conversations(conversations), batch=False).items():
+            flagged.setdefault(position, []).extend(rules)
+        skipped = 0
     if quarantine is None or not flagged:
-        return
+        return skipped
     first = int(batch["row"].iat[0])
     starts = [int(frame["row"].iat[0]) for frame in frames]
     ids = batch["id"].to_numpy()
@@ -75,6 +92,7 @@ def _check_batch(pending: list[tuple[data.Chunk, Any]], runner: SuiteRunner, tal
         index = bisect.bisect_right(starts, position) - 1
         record = pending[index][0].record(position - starts[index])
         quarantine.add(record, ids[position - first], flagged[position], blocking)
+    return skipped
 
 
 def run(config: ValidateConfig) -> dict[str, Any]:
@@ -136,6 +154,8 @@ def check(config: ValidateConfig) -> dict[str, Any]:
     if docs_root and os.path.isdir(docs_root):
         shutil.rmtree(docs_root)  # a retry must not show the previous attempt's results as well
     count_tokens = token_counter(config.tokenizer) if (config.max_tokens or config.min_tokens) else None
+    # Loaded on the first row holding a message list: strings need no chat template.
+    chat_template = ChatTemplate(config.tokenizer) if config.tokenizer and config.check_chat_template else None
 
     seen = Seen()
     against_rows = None
@@ -148,6 +168,7 @@ def check(config: ValidateConfig) -> dict[str, Any]:
     quarantine = Quarantine(f"{report_dir}/quarantine.jsonl") if _is_local(report_dir) else None
     tally = Tally()
     runner = None
+    suite = None
     order: list[str] = []
     columns: set[str] = set()
     first_columns: set[str] = set()
@@ -158,6 +179,9 @@ def check(config: ValidateConfig) -> dict[str, Any]:
     offset = 0
     blocking: set[str] = set()
     pending: list[tuple[data.Chunk, Any]] = []  # measured chunks (with their tables) not yet checked by GX
+    talk_suite = conversation_suite(config)
+    talk_rules = [e.meta["rule"] for e in talk_suite.expectations]
+    no_talk = 0  # rows of batches without a message list: the conversational suite did not run on them
     try:
         for chunk in data.read_chunks(uri, config.chunk_rows):
             chunk_columns = chunk.columns
@@ -169,22 +193,23 @@ def check(config: ValidateConfig) -> dict[str, Any]:
                 text_columns = tuple(c for c in required + optional if c in first_columns)
             key_columns = required if all(c in first_columns for c in required) else ()
             frame = measure(chunk, text_columns, key_columns, config, seen, count_tokens or (lambda t: []),
-                            id_label, offset)
+                            id_label, offset, chat_template)
             if runner is None:
-                suite = build_suite(config, text_columns, set(frame.columns))
-                order = [expectation.meta["rule"] for expectation in suite.expectations]
-                blocking = {e.meta["rule"] for e in suite.expectations if e.meta["severity"] == "block"}
-                runner = SuiteRunner(suite, docs_root)
+                suite = build_suite(config, text_columns, set(frame.columns) - set(CONVERSATION_COLUMNS.values()))
+                order = [expectation.meta["rule"] for expectation in suite.expectations] + talk_rules
+                blocking = {e.meta["rule"] for e in (*suite.expectations, *talk_suite.expectations)
+                            if e.meta["severity"] == "block"}
+                runner = SuiteRunner(suite, talk_suite if text_columns else None)
             for column in text_columns:
                 forms.update(t for t in frame[column + TYPE_SUFFIX].dropna().unique() if t in ALLOWED_TYPES)
             chunk.compact()
             pending.append((chunk, frame))
             offset += len(chunk)
             if sum(len(c) for c, _ in pending) >= config.gx_batch_rows:
-                _check_batch(pending, runner, tally, quarantine, blocking)
+                no_talk += _check_batch(pending, runner, tally, quarantine, blocking)
                 pending = []
         if pending:
-            _check_batch(pending, runner, tally, quarantine, blocking)
+            no_talk += _check_batch(pending, runner, tally, quarantine, blocking)
     except data.DataError as exc:
         if quarantine is not None:
             quarantine.close(keep=False)
@@ -194,6 +219,7 @@ def check(config: ValidateConfig) -> dict[str, Any]:
             quarantine.close(keep=False)
         raise
 
+    tally.add_missing(talk_rules, no_talk)  # listed only when a row held a message list
     rules = dataset_rules(config, seen, required, columns, first_columns) + tally.finish(order)
     skipped = [
         {"rule": f"{column}_{check}", "reason": f"column {column!r} is missing"}
@@ -205,7 +231,10 @@ def check(config: ValidateConfig) -> dict[str, Any]:
     failed = [r for r in rules if not r["success"] and r["severity"] == "block"]
     warned = [r for r in rules if not r["success"] and r["severity"] == "warn"]
     quarantine_path = quarantine.close(keep=True) if quarantine is not None else None
-    docs = runner.build_docs() if runner is not None and docs_root else None
+    docs = None
+    if docs_root:
+        ran = [*suite.expectations, *talk_suite.expectations] if suite is not None else []
+        docs = datadocs.build(docs_root, config, ran, rules, not failed, seen.row_count, tally.batches)
 
     import great_expectations as gx
 

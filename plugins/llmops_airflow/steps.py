@@ -57,3 +57,47 @@ def run_step(step: str, *, config_file: str | Path | None = None, overrides: dic
     if isinstance(result, dict) and result.get(MLFLOW_RUN_URL_KEY):
         ti.xcom_push(key=MLFLOW_RUN_URL_KEY, value=str(result[MLFLOW_RUN_URL_KEY]))
     return result
+
+
+# Task states that mean a task of the run did not do its work.
+_FAILED_STATES = frozenset({"failed", "upstream_failed"})
+# The task that fails on purpose when the gate rejects the candidate (a result, not a crash).
+REJECTION_TASK = "candidate_rejected"
+
+
+def pipeline_outcome(states: dict[str, str | None], promote_task: str = "promote") -> tuple[str, str]:
+    """(MLflow status, outcome) of a DAG run from its task states.
+
+    ``promoted`` when ``promote_task`` succeeded; ``rejected by the gate`` when only the rejection
+    task failed (the run did its job: FINISHED); ``not promoted`` when nothing failed but promote
+    was skipped (a human rejected, or production had moved); ``failed at <tasks>`` otherwise (FAILED).
+    """
+    failed = sorted(task for task, state in states.items() if state in _FAILED_STATES)
+    if states.get(promote_task) == "success":
+        return "FINISHED", "promoted"
+    if failed == [REJECTION_TASK]:
+        return "FINISHED", "rejected by the gate"
+    if failed:
+        return "FAILED", "failed at " + ", ".join(failed)
+    return "FINISHED", "not promoted"
+
+
+def close_pipeline_run() -> dict:
+    """End the DAG run's MLflow parent run with the run's outcome (run it as the DAG's teardown).
+
+    Reads the other tasks' states through the Task SDK, so it needs no database access.
+    """
+    from airflow.sdk import get_current_context
+
+    from llmops_airflow.mlflow_connection import mlflow_env
+    from llmops_tasks.core import tracking
+
+    context = get_current_context()
+    ctx = bind_run_context(context)
+    ti = context["ti"]
+    found = ti.get_task_states(dag_id=ctx.dag_id, run_ids=[ctx.run_id]).get(ctx.run_id) or {}
+    states = {task: state for task, state in found.items() if task != ti.task_id}
+    status, outcome = pipeline_outcome(states)
+    with mlflow_env():
+        parent = tracking.end_pipeline_run(ctx, status, {"llmops.outcome": outcome})
+    return {"mlflow_run_id": parent or "", "status": status, "outcome": outcome}

@@ -9,7 +9,12 @@ Deployment settings, all optional (environment of the Airflow components):
 
 =============================  ==============================================================
 ``LLMOPS_TRAINER_IMAGE``       trainer image (else Variable ``llmops_trainer_image``, else
-                               ``ghcr.io/llmops-airflow/trainer:<package version>``); run time
+                               ``ghcr.io/llmops-airflow/trainer:<package version>``); run time.
+                               Production sets a digest, ``repo@sha256:<digest>``: a tag can be
+                               pushed again, a digest names one build
+``LLMOPS_XCOM_SIDECAR_IMAGE``  image of the provider's XCom sidecar (else the
+                               ``kubernetes_default`` connection's ``xcom_sidecar_container_image``,
+                               else the provider's ``alpine`` tag); a digest here too
 ``LLMOPS_K8S_NAMESPACE``       namespace (else the ``kubernetes_default`` connection's, else
                                the worker's in-cluster namespace, else ``default``)
 ``LLMOPS_CHECKPOINTS_PVC``     PVC mounted at ``/checkpoints`` (default ``llmops-checkpoints``);
@@ -30,6 +35,14 @@ Deployment settings, all optional (environment of the Airflow components):
 Both Secrets are optional references: a pod starts without them (a tiny local model needs no
 token) and the step fails with the service's own error when it does need them.
 
+The pods pass checkov's Kubernetes policies (``tests/test_k8s_policy.py``; the checks that do not
+apply to batch pods, with the reasons, are in ``docker/policy/checkov.yaml``): uid >= 10000, no
+privilege escalation, no capabilities, RuntimeDefault seccomp, a read-only root filesystem with
+writable volumes where steps write (``/tmp``, the home directory, the Hugging Face cache,
+``/checkpoints``, the XCom folder, ``/dev/shm``), no service-account token (steps never call the
+Kubernetes API), and CPU/memory limits on every container, the XCom sidecar's included (its
+``kubernetes_default`` connection setting ``xcom_sidecar_container_resources`` wins when given).
+
 The MLflow server's address is the Airflow Connection ``mlflow_default``'s where it exists (the
 one the in-process tasks use), else the worker's ``MLFLOW_TRACKING_URI``; only the address goes
 into the pod spec.
@@ -44,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
 from airflow.providers.cncf.kubernetes.secret import Secret
+from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import models as k8s
 
@@ -57,7 +71,17 @@ DEFAULT_IMAGE_REPO = "ghcr.io/llmops-airflow/trainer"
 RESULT_FILE = "/airflow/xcom/return.json"  # the KPO xcom sidecar reads this path
 CHECKPOINTS_MOUNT = "/checkpoints"
 HF_HOME = "/cache/huggingface"
-UID = 1000  # the trainer image's user (docker/Dockerfile.trainer)
+# The trainer image's user (docker/Dockerfile.trainer); >= 10000 so that it is no user of the node.
+UID = 10001
+HOME = "/home/llmops"  # the user's home in the image: caches of CUDA, Triton, matplotlib go here
+# The root filesystem is read-only: these emptyDirs are where steps and their libraries may write.
+SCRATCH_MOUNTS = {"tmp": "/tmp", "home": HOME}
+SIDECAR_IMAGE_ENV = "LLMOPS_XCOM_SIDECAR_IMAGE"
+# The sidecar sleeps until the worker reads the result file (an exec of `cat`) and stops it.
+XCOM_SIDECAR_RESOURCES = {
+    "requests": {"cpu": "10m", "memory": "16Mi"},
+    "limits": {"cpu": "100m", "memory": "64Mi"},
+}
 
 # Worker settings a pod needs to reach the same services and storage; never credentials.
 PASS_THROUGH_ENV = (
@@ -120,9 +144,28 @@ def _container_security_context() -> k8s.V1SecurityContext:
         run_as_user=UID,
         run_as_group=UID,
         allow_privilege_escalation=False,
+        privileged=False,
+        read_only_root_filesystem=True,
         capabilities=k8s.V1Capabilities(drop=["ALL"]),
         seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
     )
+
+
+def _harden_xcom_sidecar(pod: k8s.V1Pod) -> None:
+    """The provider's sidecar with the deployment's image (a digest) and with limits, unless the
+    ``kubernetes_default`` connection gave it resources of its own."""
+    sidecar = next((c for c in pod.spec.containers if c.name == PodDefaults.SIDECAR_CONTAINER_NAME), None)
+    if sidecar is None:
+        return
+    image = os.environ.get(SIDECAR_IMAGE_ENV, "").strip()
+    if image:
+        sidecar.image = image
+    limits = (sidecar.resources.limits if isinstance(sidecar.resources, k8s.V1ResourceRequirements)
+              else (sidecar.resources or {}).get("limits"))
+    if not limits:
+        sidecar.resources = k8s.V1ResourceRequirements(
+            requests=dict(XCOM_SIDECAR_RESOURCES["requests"]), limits=dict(XCOM_SIDECAR_RESOURCES["limits"])
+        )
 
 
 def base_container_exit_code(remote_pod: k8s.V1Pod | None, container: str) -> int | None:
@@ -173,6 +216,7 @@ class LLMOpsPodOperator(StepOperatorMixin, KubernetesPodOperator):
         for source in container.env_from or []:
             if source.secret_ref and source.secret_ref.name in optional:
                 source.secret_ref.optional = True
+        _harden_xcom_sidecar(pod)
         pod.metadata.labels = {k: make_safe_label_value(str(v)) for k, v in (pod.metadata.labels or {}).items()}
         return pod
 
@@ -224,10 +268,12 @@ def build_pod_operator(
             else None,
             empty_dir=None if hf_cache_pvc else k8s.V1EmptyDirVolumeSource(),
         ),
+        *(k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource()) for name in SCRATCH_MOUNTS),
     ]
     mounts = [
         k8s.V1VolumeMount(name="checkpoints", mount_path=CHECKPOINTS_MOUNT),
         k8s.V1VolumeMount(name="hf-cache", mount_path=HF_HOME),
+        *(k8s.V1VolumeMount(name=name, mount_path=path) for name, path in SCRATCH_MOUNTS.items()),
     ]
     if gpu:  # PyTorch data loaders and NCCL need more shared memory than the container default
         volumes.append(k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")))
@@ -240,6 +286,7 @@ def build_pod_operator(
         "LLMOPS_RESULT_FILE": RESULT_FILE,
         "LLMOPS_HOME": f"{CHECKPOINTS_MOUNT}/llmops",
         "HF_HOME": HF_HOME,
+        "HOME": HOME,  # writable (an emptyDir), whichever user an image has
         "PYTHONUNBUFFERED": "1",
         **dict(kwargs.pop("env_vars", None) or {}),
     }
@@ -259,7 +306,8 @@ def build_pod_operator(
     hf_secret, mlflow_secret = default_secret_names()
     defaults: dict[str, Any] = {
         "namespace": os.environ.get("LLMOPS_K8S_NAMESPACE") or None,
-        "image_pull_policy": "IfNotPresent",
+        "image_pull_policy": "IfNotPresent",  # with a digest, a pull would fetch the same bytes
+        "automount_service_account_token": False,  # steps never call the Kubernetes API
         "container_resources": k8s.V1ResourceRequirements(requests=dict(quantities), limits=dict(quantities)),
         "tolerations": [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if gpu else [],
         "affinity": gpu_node_affinity(gpus) if gpu else None,
