@@ -5,13 +5,17 @@ hand. A step's module is imported only when its subcommand runs (or asks for ``-
 step modules import their heavy libraries (torch, transformers, trl, great_expectations, mlflow)
 inside functions, so ``llmops --help`` stays instant.
 
-Each step takes ``--config FILE`` (a YAML recipe), ``--set key=value`` overrides, and one flag per
-config field; precedence is defaults < YAML < flags/--set. The step's result (small JSON: URIs,
-metrics, decisions) is printed and, with ``--result-file`` or ``$LLMOPS_RESULT_FILE``, written to
-a file: a pod sets it to ``/airflow/xcom/return.json``.
+Each step takes ``--config FILE`` (a YAML recipe or policy: a path, or a packaged one's file name;
+``validate`` without it applies its kind's packaged policy, as the DAG does), ``--set key=value``
+overrides, and one flag per config field; precedence is defaults < YAML < flags/--set. Relative
+paths, in flags and recipes alike, are the current folder's and made absolute when the config is
+built. The step's result (small JSON: URIs, metrics, decisions) is printed and, with
+``--result-file`` or ``$LLMOPS_RESULT_FILE``, written to a file: a pod sets it to
+``/airflow/xcom/return.json``.
 
 Exit codes: 0 success, 1 the step ran and said no (invalid data, gate rejected, ...), 2 bad
-usage or configuration.
+usage or configuration (one line naming the setting: a wrong type, a value out of range, a path
+that is not there), never a traceback.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type, step: s
         choices = typing.get_args(typing.get_type_hints(config_cls)[key])
         config_help += (f". Default: the packaged policy of --{key.replace('_', '-')} "
                          f"({', '.join(pattern.format(c) for c in choices)} in llmops_tasks/policies), as the DAG "
-                         "runs it; the defaults shown below are those under the policy")
+                         "runs it; its values replace the defaults shown below")
     parser.add_argument("--config", metavar="FILE", help=config_help.replace("%", "%%"))
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

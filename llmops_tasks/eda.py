@@ -157,20 +157,93 @@ _ASCII_WORD = bytes(c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <
                     for c in range(256))
 
 
-def _bigrams(prompts) -> Any:
-    """Bigrams (``"a b"``) of the lowered words of every prompt in a pyarrow array of ASCII strings."""
+def _bigram_counts(prompts) -> tuple[Any, Any]:
+    """The distinct bigrams (``"a b"``) of the lowered words of a pyarrow array of ASCII prompts and
+    how often each occurs, in order of first occurrence (``pyarrow.compute.value_counts`` of every
+    bigram). Pairs are counted as word ids; only the distinct ones become strings."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     words = ascii_words(prompts, _ASCII_WORD)
     flat = pc.list_flatten(words)
-    parents = pc.list_parent_indices(words)
     keep = pc.not_equal(flat, "")
-    flat, parents = flat.filter(keep), parents.filter(keep).to_numpy()
+    flat, parents = flat.filter(keep), pc.list_parent_indices(words).filter(keep).to_numpy()
+    if not len(flat):
+        return pa.array([], type=pa.string()), np.empty(0, dtype=np.int64)
+    encoded = pc.dictionary_encode(flat)
+    vocabulary = encoded.dictionary
+    ids = encoded.indices.to_numpy().astype(np.int64)
     pair = np.flatnonzero(parents[1:] == parents[:-1])
-    if not len(pair):
-        return pa.array([], type=pa.string())
-    return pc.binary_join_element_wise(flat.take(pair), flat.take(pair + 1), " ")
+    counted = pc.value_counts(pa.array(ids[pair] * len(vocabulary) + ids[pair + 1]))
+    codes = counted.field("values").to_numpy()
+    grams = pc.binary_join_element_wise(vocabulary.take(pa.array(codes // len(vocabulary))),
+                                        vocabulary.take(pa.array(codes % len(vocabulary))), " ")
+    return grams, counted.field("counts").to_numpy().astype(np.int64)
+
+
+class BigramCounter:
+    """A :class:`collections.Counter` of bigrams held as Arrow strings and numpy counts.
+
+    Updated a chunk at a time with distinct bigrams in order of first occurrence, and pruned to
+    its ``cap // 2`` most frequent entries (ties: the earlier inserted) when it grows past ``cap``:
+    what ``Counter.update`` and ``Counter(dict(most_common(cap // 2)))`` do, entry for entry, without
+    a Python object per bigram.
+    """
+
+    def __init__(self, cap: int | None = None) -> None:
+        import pyarrow as pa
+
+        self.cap = cap or BIGRAM_CAP
+        self.grams = pa.array([], type=pa.string())
+        self.counts = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def update(self, grams, counts) -> None:
+        """Add ``counts`` of ``grams`` (distinct strings, in the order a Counter would meet them)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not len(grams):
+            return
+        at = pc.fill_null(pc.index_in(grams, value_set=self.grams), -1).to_numpy() if len(self.grams) else \
+            np.full(len(grams), -1)
+        known = at >= 0
+        self.counts[at[known]] += counts[known]
+        if not known.all():
+            self.grams = pa.concat_arrays([self.grams, grams.filter(pa.array(~known))])
+            self.counts = np.concatenate([self.counts, counts[~known]])
+        if len(self.counts) > self.cap:
+            keep = np.argsort(-self.counts, kind="stable")[: self.cap // 2]
+            self.grams, self.counts = self.grams.take(pa.array(keep)), self.counts[keep]
+
+    def top(self, k: int) -> list[tuple[str, int]]:
+        """The ``k`` most frequent, ties by bigram: ``heapq.nsmallest(k, items, key=(-count, gram))``."""
+        if not len(self.counts):
+            return []
+        floor = np.partition(self.counts, len(self.counts) - k)[len(self.counts) - k] if len(self.counts) > k else 0
+        rows = np.flatnonzero(self.counts >= floor)
+        items = zip(self.grams.take(rows).to_pylist(), self.counts[rows].tolist())
+        return heapq.nsmallest(k, items, key=lambda item: (-item[1], item[0]))
+
+
+def _merge_counts(grams, counts, others: Counter[str]) -> tuple[Any, Any]:
+    """``grams`` / ``counts`` followed by ``others`` (a Counter, in its insertion order), summed where
+    both hold a bigram: one chunk's update of a Counter, as distinct bigrams in order of first occurrence."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not others:
+        return grams, counts
+    extra = pa.array(list(others), type=pa.string())
+    extra_counts = np.fromiter(others.values(), dtype=np.int64, count=len(others))
+    at = pc.fill_null(pc.index_in(extra, value_set=grams), -1).to_numpy() if len(grams) else np.full(len(extra), -1)
+    known = at >= 0
+    counts = counts.copy()
+    counts[at[known]] += extra_counts[known]
+    return (pa.concat_arrays([grams, extra.filter(pa.array(~known))]),
+            np.concatenate([counts, extra_counts[~known]]))
 
 
 class Profile:
@@ -189,7 +262,7 @@ class Profile:
         self.prompt_keys: list[Any] = []  # every prompt's key, chunk by chunk (8 bytes a row)
         self.prompt_seen = KeySet()
         self.repeated_text: dict[int, str] = {}
-        self.bigrams: Counter[str] = Counter()
+        self.bigrams = BigramCounter()
         self.pairs = {"pairs": 0, "chosen_chars": 0, "rejected_chars": 0, "chosen_tokens": 0, "rejected_tokens": 0,
                       "chosen_longer": 0, "same_length": 0, "identical": 0}
         self.pair_diffs = array("i")
@@ -270,13 +343,12 @@ class Profile:
         # Bigrams: ASCII prompts column-wise, the others (Unicode words, lone surrogates) row by row.
         values = prompt.values.take(present)
         ascii_rows = pc.fill_null(pc.string_is_ascii(values), False).to_numpy(zero_copy_only=False)
-        counted = pc.value_counts(_bigrams(values.filter(pa.array(ascii_rows))))
-        self.bigrams.update(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
+        grams, counts = _bigram_counts(values.filter(pa.array(ascii_rows)))
+        others: Counter[str] = Counter()
         for text in texts[~ascii_rows].tolist():
             words = _WORD.findall(text.lower())
-            self.bigrams.update(f"{a} {b}" for a, b in itertools.pairwise(words))
-        if len(self.bigrams) > BIGRAM_CAP:
-            self.bigrams = Counter(dict(self.bigrams.most_common(BIGRAM_CAP // 2)))
+            others.update(f"{a} {b}" for a, b in itertools.pairwise(words))
+        self.bigrams.update(*_merge_counts(grams, counts, others))
 
     def _add_pairs(self, chosen: TextColumn, rejected: TextColumn, chosen_tokens, rejected_tokens, sources) -> None:
         p = self.pairs
@@ -327,7 +399,7 @@ class Profile:
             repeated = [(self.repeated_text[k], n) for k, n in zip(unique[counts > 1].tolist(),
                                                                      counts[counts > 1].tolist())]
             top = sorted(repeated, key=lambda item: (-item[1], item[0]))[: self.top_k]
-            ranked = heapq.nsmallest(self.top_k, self.bigrams.items(), key=lambda item: (-item[1], item[0]))
+            ranked = self.bigrams.top(self.top_k)
             report["prompts"] = {
                 "unique": len(unique),
                 "duplication_rate": round((total - len(unique)) / total, 6) if total else 0.0,

@@ -48,10 +48,14 @@ THRESHOLDS = (
 @dataclass
 class GateConfig:
     metrics: str = field(
-        "", help="metrics.json written by the evaluate step (default: the run's evaluate/metrics.json)"
+        "", path="input",
+        help="metrics.json written by the evaluate step (default: the run's evaluate/metrics.json)"
     )
-    policy: str = field("", help="optional YAML file of threshold settings (the keys below from min_bleu on)")
-    out_dir: str = field("", help="output folder for decision.json and report.html (default: the run's gate/ folder)")
+    policy: str = field("", path="config",
+                        help="YAML file of threshold settings (the keys below from min_bleu on); thresholds set "
+                             "here win over it (default: $LLMOPS_GATE_POLICY, else the packaged gate.yaml)")
+    out_dir: str = field("", path="output",
+                         help="output folder for decision.json and report.html (default: the run's gate/ folder)")
     report: bool = field(True, help="write report.html: the evaluation report with the decision on top")
     min_bleu: float = field(0.0, help="lowest BLEU (0-1) the candidate may have")
     min_rougeL: float = field(0.0, help="lowest ROUGE-L F1 (0-1) the candidate may have")
@@ -78,9 +82,9 @@ class GateConfig:
         context = RunContext.from_env()
         self.metrics = self.metrics.strip() or f"{context.step_dir('evaluate')}/metrics.json"
         self.out_dir = self.out_dir.strip() or context.step_dir("gate")
-        self.policy = self.policy.strip()
-        if self.policy:
-            self._apply_policy_file()
+        # No policy named: the deployment's standard one ($LLMOPS_GATE_POLICY, else the packaged gate.yaml).
+        self.policy = self.policy.strip() or settings.gate_policy()
+        self._apply_policy_file()
         improvable = [m for m in METRIC_NAMES if m not in LOWER_IS_BETTER]
         require(
             self.primary_metric in improvable,

@@ -135,3 +135,65 @@ def test_broken_file_exits_1_naming_file_rule_and_rows(tmp_path, capsys, case, n
 
 def test_catalog_has_at_least_twenty_kinds():
     assert len({case[0] for case in CASES}) >= 20
+
+
+# --- conversational data: message lists TRL would train on wrongly, or fail on mid-training ---------
+
+def _turn(role: str, content) -> dict:
+    return {"role": role, "content": content}
+
+
+def _talk(i: int, **change) -> dict:
+    row = {"id": f"r{i}", "prompt": [_turn("user", f"How do I fix thing {i}?")],
+           "chosen": [_turn("assistant", f"Open the panel and restart service {i}.")],
+           "rejected": [_turn("assistant", f"No idea {i}.")]}
+    row.update(change)
+    return row
+
+
+def _talks(n: int = 4, **changes: dict) -> bytes:
+    return _jsonl([_talk(i, **changes.get(f"r{i}", {})) for i in range(n)])
+
+
+def _talk_parquet(**changes: dict) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist([_talk(i, **changes.get(f"r{i}", {})) for i in range(4)]), path)
+
+    return write
+
+
+CONVERSATION_CASES = [
+    ("unknown role", "data.jsonl", _talks(r1={"prompt": [_turn("wizard", "Abracadabra?")]}), [],
+     "message_roles_known", ["r1", "prompt[0] has role 'wizard'"]),
+    ("chosen spoken by the user", "data.jsonl", _talks(r2={"chosen": [_turn("user", "I answer myself.")]}), [],
+     "answers_are_assistant_turns", ["r2", "chosen[0] is a user turn"]),
+    ("prompt ending with an assistant turn", "data.jsonl",
+     _talks(r0={"prompt": [_turn("user", "Fix it?"), _turn("assistant", "Sure, first")]}), [],
+     "prompt_ends_with_user_turn", ["r0", "prompt ends with an assistant turn"]),
+    ("empty message content", "data.jsonl", _talks(r1={"rejected": [_turn("assistant", "")]}), [],
+     "message_content_non_empty", ["r1", "rejected[0] has empty content"]),
+    ("message content not a string", "data.jsonl", _talks(r2={"chosen": [_turn("assistant", {"text": "hi"})]}), [],
+     "message_content_non_empty", ["r2", "chosen[0] has content of type dict"]),
+    ("tool message without a tool call", "data.jsonl",
+     _talks(r1={"prompt": [_turn("user", "Weather?"), _turn("tool", "sunny")]}), [],
+     "tool_messages_follow_tool_calls", ["r1", "prompt[1] is a tool result without an assistant tool call"]),
+    ("conversational prompt with text answers", "data.jsonl",
+     _talks(r3={"chosen": "Open the panel.", "rejected": "No idea."}), [],
+     "text_forms_match", ["r3", "prompt is a message list but chosen, rejected are text"]),
+    ("sft messages ending with the user", "data.jsonl",
+     _jsonl([{"id": f"r{i}", "messages": [_turn("user", f"hi {i}"), _turn("assistant", "hello")]
+              + ([_turn("user", "and?")] if i == 1 else [])} for i in range(3)]), ["--kind", "sft"],
+     "answers_are_assistant_turns", ["r1", "messages ends with a user turn"]),
+    ("parquet with an unknown role", "data.parquet", _talk_parquet(r2={"prompt": [_turn("wizard", "Hm?")]}), [],
+     "message_roles_known", ["r2"]),
+]
+
+
+@pytest.mark.parametrize(("case", "name", "content", "args", "rule", "named"), CONVERSATION_CASES,
+                         ids=[c[0] for c in CONVERSATION_CASES])
+def test_broken_conversation_exits_1_naming_file_rule_and_rows(tmp_path, capsys, case, name, content, args, rule,
+                                                               named):
+    test_broken_file_exits_1_naming_file_rule_and_rows(tmp_path, capsys, case, name, content, args, rule, named)

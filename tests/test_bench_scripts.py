@@ -63,3 +63,24 @@ def test_train_throughput_1b_on_gpu(tmp_path):
         if summary["peak_flops"]:
             assert 0 < mode["mfu"] < 1
     assert summary["modes"]["lora"]["peak_gpu_allocated_gib"] < summary["modes"]["full"]["peak_gpu_allocated_gib"]
+
+
+@pytest.mark.slow
+def test_validate_scale_tiny(tmp_path):
+    """Every phase runs; each step's figures carry both ratios, its import time and the fixed cost."""
+    summary_path = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "MLFLOW_"))}
+    process = subprocess.run([sys.executable, str(ROOT / "bench" / "validate_scale.py"), "--rows", "400",
+                              "--fixed-rows", "50", "--json-out", str(summary_path)],
+                             check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    phases = summary["phases"]
+    assert set(phases) == {"pyarrow", "pandas", "validate", "eda"}
+    for name in ("validate", "eda"):
+        step = phases[name]
+        assert step["rows"] == 400 and step["peak_mib"] > 0 and step["import_s"] > 0
+        assert {"ratio_pyarrow", "ratio_pandas", "work_ratio_pyarrow", "work_ratio_pandas", "target_met"} <= set(step)
+        assert summary["fixed"][name]["rows"] == 50
+    assert phases["validate"]["docs_s"] > 0
+    assert "ratio to pyarrow" not in process.stdout and "/pyarrow" in process.stdout

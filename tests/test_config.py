@@ -477,3 +477,100 @@ def test_cli_import_and_top_level_parser_import_no_heavy_library():
 def test_free_text_flag_values_reach_string_settings_verbatim(comment):
     loaded = parse(["registry", "promote", "--comment", comment])
     assert loaded.comment == comment
+
+
+# --------------------------------------------------------------------------- path settings
+
+
+@dataclass
+class Paths:
+    data: str = field("", path="input", help="")
+    out: str = field("", path="output", help="")
+    model: str = field("", path="model", keywords=("production",), help="")
+    policy: str = field("", path="config", help="")
+    name: str = field("", help="")
+
+
+def test_path_settings_are_made_absolute_against_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    path = recipe(tmp_path, "data: in/data.jsonl\nout: out/\nname: out/\n")
+    loaded = config.load(Paths, path, ["model=../models/m"])
+    assert (loaded.data, loaded.out) == (str(tmp_path / "in" / "data.jsonl"), str(tmp_path / "out"))
+    assert loaded.model == str(tmp_path.parent / "models" / "m")
+    assert loaded.name == "out/"  # not a path setting: as given
+    for value in ("s3://bucket/data.jsonl", "file:///data/x.jsonl", "models:/llmops-chat@production", ""):
+        assert config.load(Paths, None, [f"data={value}"]).data == value
+    # a model: a hub id (name or org/name) stays one, unless a folder of that name is here
+    models = {"gpt2": "gpt2", "Qwen/Qwen2.5-0.5B": "Qwen/Qwen2.5-0.5B", "production": "production",
+              "tiny": str(tmp_path / "tiny"), "./gpt2": str(tmp_path / "gpt2"), "a/b/c": str(tmp_path / "a/b/c"),
+              "~/m": str(Path("~/m").expanduser())}
+    assert {value: config.load(Paths, None, {"model": value}).model for value in models} == models
+    # a recipe or policy: a path, or a packaged one by its file name
+    assert config.load(Paths, None, {"policy": "validate_eval.yaml"}).policy.endswith("policies/validate_eval.yaml")
+    with pytest.raises(ConfigError, match=r"^Paths\.policy: config file not found: nope\.yaml"):
+        config.load(Paths, None, {"policy": "nope.yaml"})
+
+
+def test_check_paths_names_every_setting_whose_path_is_not_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    config.check_paths(config.load(Paths, None, {"data": "a-file", "out": "new/folder", "model": "org/name"}))
+    with pytest.raises(ConfigError) as error:
+        config.check_paths(config.load(Paths, None, {"data": "nope.jsonl", "out": "a-file", "model": "./m"}))
+    assert str(error.value) == "; ".join([
+        f"data (--data): no such file or folder: {tmp_path / 'nope.jsonl'}",
+        f"out (--out): {tmp_path / 'a-file'} is a file; expected a folder to write into",
+        (f"model (--model): no such folder: {tmp_path / 'm'} (a model is a folder written by save_pretrained, "
+         "or a hub id such as org/name)")])
+    with pytest.raises(ValueError, match=r"field\(path=\.\.\.\): expected one of"):
+        field("", path="folder", help="")
+
+
+def test_a_bad_flag_is_named_as_the_flag_not_as_the_recipe_it_overrides(tmp_path):
+    path = recipe(tmp_path, "dataset: d.jsonl\neval_fraction: lots\n")
+    with pytest.raises(ConfigError, match=rf"^{path}\.eval_fraction: expected a number, got 'lots'"):
+        config.load(SplitConfig, path)
+    with pytest.raises(ConfigError, match=r"^SplitConfig\.eval_fraction: expected a number, got 'many'"):
+        config.load(SplitConfig, path, {"eval_fraction": "many"})
+
+
+def test_a_section_flag_without_equals_names_that_flag(capsys):
+    assert cli.main(["train", "sft", "--trainer", "max_steps"]) == 2
+    assert "configuration error: --trainer expects key=value, got 'max_steps'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"--set 'a\.b=2': a is a value, not a section"):
+        config.parse_overrides(["a=1", "a.b=2"])
+
+
+def test_the_result_of_a_step_run_with_relative_paths_holds_absolute_ones(tmp_path, monkeypatch, llmops):
+    from llmops_tasks.core import data
+
+    monkeypatch.chdir(tmp_path)
+    data.write_jsonl("data.jsonl", samples.preference_rows())
+    code, result = llmops(["split", "--dataset", "data.jsonl", "--out-dir", "out/"])
+    assert code == 0
+    assert result["train_sft"] == str(tmp_path / "out" / "train_sft.jsonl") and Path(result["train_sft"]).is_file()
+
+
+def test_validate_without_config_applies_the_packaged_policy_of_its_kind(tmp_path, monkeypatch, capsys):
+    """As the DAG does: validate_preference.yaml wants 100 rows; an explicit --config wins."""
+    from llmops_tasks.core import data, settings
+    from llmops_tasks.validate import ValidateConfig
+
+    for kind in ("preference", "sft", "eval"):
+        assert cli.default_config("validate", ValidateConfig, {"kind": kind}) == settings.packaged_policy(
+            f"validate_{kind}.yaml")
+    assert cli.default_config("validate", ValidateConfig, {}) == settings.packaged_policy("validate_preference.yaml")
+    assert cli.default_config("validate", ValidateConfig, {"kind": "bogus"}) is None  # the kind's check says why
+    assert cli.default_config("split", SplitConfig, {}) is None
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    data.write_jsonl("one.jsonl", samples.preference_rows()[:1])
+    common = ["--dataset", "one.jsonl", "--report-dir", "out", "--data-docs", "false"]
+    assert cli.main(["validate", "--kind", "preference", *common]) == 1
+    err = capsys.readouterr().err
+    assert "settings from the packaged policy" in err and "validate_preference.yaml" in err
+    assert "row_count (1 rows, expected at least 100)" in err
+    own = recipe(tmp_path, "kind: preference\nmin_rows: 1\n", name="small.yaml")
+    assert cli.main(["validate", "--config", str(own), *common]) == 0
+    capsys.readouterr()

@@ -197,3 +197,70 @@ def test_column_wise_file_read_gives_the_statistics_of_records(tmp_path):
     assert stats["text_columns"]["chosen"]["tokens"]["max"] == 4  # U+3000 separates words, as in str.split()
     assert {"bigram": "das konto", "count": 1} in describe(records, "preference", top_k=100)["prompts"]["top_bigrams"]
     assert stats["pii"]["rows_by_kind"] == {"email": 1}
+
+
+def _bigrams_by_counter(rows: list[dict], chunk_rows: int, cap: int, top_k: int) -> list[dict]:
+    """The prompt bigrams as eda counted them before BigramCounter: a Counter per data set, updated
+    chunk by chunk and pruned with ``most_common`` past ``cap``: the reference for the fast path."""
+    import heapq
+    import itertools
+    from collections import Counter
+
+    from llmops_tasks.text.records import prompt_cell
+
+    counter: Counter[str] = Counter()
+    for start in range(0, len(rows), chunk_rows):
+        for row in rows[start:start + chunk_rows]:
+            text, _ = prompt_cell(row.get("prompt"))
+            if text is None:
+                continue
+            words = [w for w in re.findall(r"[\w']+", text.lower())]
+            counter.update(f"{a} {b}" for a, b in itertools.pairwise(words))
+        if len(counter) > cap:
+            counter = Counter(dict(counter.most_common(cap // 2)))
+    ranked = heapq.nsmallest(top_k, counter.items(), key=lambda item: (-item[1], item[0]))
+    return [{"bigram": gram, "count": n} for gram, n in ranked]
+
+
+@pytest.mark.parametrize("cap", [10_000, 60])  # 60: pruned several times, ties decided by insertion order
+def test_bigram_counts_match_a_counter_with_its_pruning(tmp_path, monkeypatch, cap):
+    from llmops_tasks import eda
+
+    rows = samples.preference_rows() + [dict(r) for r in ROWS] + [
+        {"id": "u", "prompt": "Wie setze ich das Konto zurück? Das Konto!", "chosen": "a", "rejected": "b"},
+        {"id": "v", "prompt": [{"role": "user", "content": "how do I reset it"}], "chosen": "a", "rejected": "b"},
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(eda, "BIGRAM_CAP", cap)
+    result = run(EdaConfig(dataset=str(path), out=str(tmp_path / "eda"), chunk_rows=7, top_k=40))
+    stats = json.loads(Path(result["report_json"]).read_text())
+    assert stats["prompts"]["top_bigrams"] == _bigrams_by_counter(rows, 7, cap, 40)
+
+
+def test_block_reader_gives_the_chunks_of_the_line_reader(tmp_path):
+    """JSONL read in blocks (the usual layout) and line by line (blank lines, a line Arrow would read
+    differently) give the same chunks, line numbers and records as iter_chunks."""
+    from llmops_tasks.core import data
+
+    lines = [json.dumps(r) for r in ROWS * 4]
+    layouts = {
+        "usual.jsonl": "".join(line + "\n" for line in lines),
+        "no_final_newline.jsonl": "\n".join(lines),
+        "blank_later.jsonl": "".join(line + "\n" for line in lines[:9]) + "\n \n" + "".join(
+            line + "\n" for line in lines[9:]),
+        "scalar_later.jsonl": "".join(line + "\n" for line in lines[:11]) + '"x"\n',
+    }
+    for name, text in layouts.items():
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        for rows in (1, 4, 6, 100):
+            try:
+                expected = list(data.iter_chunks(str(path), rows))
+            except data.DataError as exc:
+                with pytest.raises(data.DataError, match=re.escape(str(exc))):
+                    list(data.read_chunks(str(path), rows))
+                continue
+            chunks = list(data.read_chunks(str(path), rows))
+            assert [c.records for c in chunks] == expected, (name, rows)
+            assert [list(c.lines) for c in chunks] == [[r["_line"] for r in chunk] for chunk in expected]

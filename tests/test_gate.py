@@ -130,9 +130,11 @@ def test_the_decision_says_whether_the_gate_ran_the_deployments_standard_policy(
     strict = tmp_path / "strict.yaml"
     strict.write_text("min_rougeL: 0.3\n")
     monkeypatch.setenv("LLMOPS_GATE_POLICY", str(strict))
-    assert standard_policy_check(GateConfig(metrics=str(metrics)))["overrides"] == {
-        "min_rougeL": {"value": 0.0, "standard": 0.3}}
-    assert standard_policy_check(GateConfig(metrics=str(metrics), policy=str(strict)))["policy_standard"] is True
+    packaged = GateConfig(metrics=str(metrics), policy=settings.packaged_policy("gate.yaml"))
+    assert standard_policy_check(packaged)["overrides"] == {"min_rougeL": {"value": 0.0, "standard": 0.3}}
+    # with no policy named, the gate runs the deployment's own (as the CLI does without --policy)
+    unnamed = GateConfig(metrics=str(metrics))
+    assert unnamed.min_rougeL == 0.3 and standard_policy_check(unnamed)["policy_standard"] is True
 
 
 def test_unknown_or_bad_settings_are_configuration_errors(tmp_path, monkeypatch):

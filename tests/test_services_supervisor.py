@@ -109,6 +109,11 @@ def test_scheduler_starts_after_the_api_server(tmp_path):
     assert set(specs) == {"api-server", "scheduler", "dag-processor", "triggerer", "mlflow"}
     assert specs["scheduler"].after == ("api-server",)
     assert all(not s.after for name, s in specs.items() if name != "scheduler"), specs
+    # A restarted scheduler waits until its predecessor counts as dead, to reset its tasks at start.
+    assert specs["scheduler"].min_restart_delay == 30.0
+    assert all(s.min_restart_delay == 0 for name, s in specs.items() if name != "scheduler"), specs
+    env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD"] = "45"
+    assert {s.name: s for s in services.service_specs(UpConfig(), env)}["scheduler"].min_restart_delay == 45.0
 
 
 @pytest.mark.unit
@@ -155,6 +160,18 @@ def test_restart_limit_zero_stops_at_the_first_exit(make):
     supervisor = make(Service("once", _python("import sys; sys.exit(4)")), limit=0)
     with pytest.raises(StepFailed, match=r"once exited with code 4 and restarts are off \(restart_limit 0\)"):
         _poll_until(supervisor, lambda: False, "the first exit of `once`")
+
+
+@integration
+def test_a_minimum_restart_delay_wins_over_a_shorter_backoff(make):
+    supervisor = make(Service("settling", _python("import sys; sys.exit(6)"), min_restart_delay=0.4),
+                      backoff=0.01)
+    unit = supervisor.units["settling"]
+    _poll_until(supervisor, lambda: len(unit.restarts) == 1, "the first exit of `settling`")
+    assert unit.restarts[0]["delay_s"] == 0.4, unit.restarts
+    assert unit.due - unit.exits[-1] == pytest.approx(0.4)  # due: the exit's time plus the delay
+    _poll_until(supervisor, lambda: len(unit.restarts) == 2, "the second exit of `settling`")
+    assert unit.restarts[1]["delay_s"] == 0.4, unit.restarts  # backoff 0.02 < 0.4
 
 
 @integration

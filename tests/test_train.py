@@ -360,18 +360,15 @@ def test_model_section_feeds_trls_peft_helper():
         _config("sft", model={"use_peft": True, "load_in_4bit": True, "load_in_8bit": True})
 
 
-def test_trls_own_checks_run_before_the_data_is_read(tmp_path, capsys):
-    """bf16 on a CPU: transformers refuses it when the trainer's config is built, which is before
-    train_data is read (a missing file would otherwise be exit 1)."""
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("bf16 is refused only where no GPU supports it")
-    code = main(["train", "sft", "--base-model", "m", "--train-data", str(tmp_path / "missing.jsonl"),
-                 "--output-dir", str(tmp_path / "o"), "--set", "trainer.bf16=true", *QUIET])
+def test_trls_own_checks_run_before_the_data_is_read(workdir, tmp_path, capsys):
+    """TRL refuses contradictory settings when the trainer's config is built, which is before
+    train_data is read: preference rows given to sft would otherwise be exit 1 (missing completion)."""
+    code = main(["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_preference"],
+                 "--output-dir", str(tmp_path / "o"), "--set", "trainer.load_best_model_at_end=true", *QUIET])
     assert code == 2
     err = capsys.readouterr().err
-    assert "trl.SFTConfig refused the trainer settings" in err and "bf16" in err
+    assert "trl.SFTConfig refused the trainer settings" in err and "load_best_model_at_end" in err
+    assert "completion" not in err
 
 
 @pytest.mark.unit
@@ -384,3 +381,82 @@ def test_a_recipe_written_before_the_trainer_section_says_where_each_key_went(tm
     for old, new in (("max_steps", "trainer.max_steps"), ("lora", "model.use_peft"),
                      ("learning_rate", "trainer.learning_rate")):
         assert f"{old} is now {new}" in message
+
+
+# --------------------------------------------------------------------------- progress a person can follow
+
+PROGRESS_LINE = (r"train (?P<method>\w+): step (?P<step>\d+)/(?P<total>\d+) \((?P<percent>\d+)%\), loss \d+\.\d{3}, "
+                 r"(?P<rate>[\d,]+) tokens/s, [\d.]+ s elapsed, ~(?P<left>[\d.]+) s left")
+
+
+def test_the_train_log_shows_step_of_total_tokens_per_second_and_time_left(workdir, tmp_path, capsys):
+    """A real run: progress lines in the log (the first logging step and the last always), the same
+    figures as MLflow metrics at each logging step, and no dict printed by transformers."""
+    import re
+
+    from llmops_tasks.core import tracking
+
+    result_file = tmp_path / "result.json"
+    code = main(["train", "sft", "--base-model", workdir["base"], "--train-data", workdir["train_sft"],
+                 "--output-dir", str(tmp_path / "sft"), "--trainer", "max_steps=8", "--trainer", "logging_steps=2",
+                 "--trainer", "save_steps=8", "--result-file", str(result_file), *QUIET])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    lines = [m.groupdict() for m in re.finditer(PROGRESS_LINE, captured.err)]
+    assert lines, captured.err[-3000:]
+    assert {line["method"] for line in lines} == {"sft"} and {line["total"] for line in lines} == {"8"}
+    assert lines[0]["step"] == "2" and lines[-1]["step"] == "8" and lines[-1]["percent"] == "100"
+    assert all(int(line["rate"].replace(",", "")) > 0 for line in lines)
+    assert "train sft: 8 steps" in captured.err
+    # stdout is the result alone: transformers' PrinterCallback printed {'loss': ...} dicts there
+    assert json.loads(captured.out) == json.loads(result_file.read_text())
+    assert "{'" not in captured.out and "{'" not in captured.err
+
+    client = tracking.client()
+    run_id = json.loads(result_file.read_text())["mlflow_run_id"]
+    history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+               for key in ("progress", "tokens_per_second", "eta_seconds", "elapsed_seconds", "loss")}
+    assert [step for step, _ in history["progress"]] == [2, 4, 6, 8]  # each logging step, as the loss
+    assert [step for step, _ in history["loss"]] == [2, 4, 6, 8]
+    assert [value for _, value in history["progress"]] == [0.25, 0.5, 0.75, 1.0]
+    assert all(value > 0 for _, value in history["tokens_per_second"])
+    assert history["eta_seconds"][-1] == (8, 0.0) and history["eta_seconds"][0][1] > 0
+
+
+@pytest.mark.unit
+def test_progress_lines_come_at_a_steady_rate(monkeypatch, caplog):
+    """Fast steps logged each step: one line per PROGRESS_MIN_GAP seconds, the first and the last.
+    Slow steps with few logging steps: a line at least every PROGRESS_EVERY seconds anyway."""
+    import time
+    from types import SimpleNamespace
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def run(steps: int, seconds_per_step: float, logging_steps: int, tokens: bool = True) -> list[str]:
+        args = SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=1, world_size=1)
+        state = SimpleNamespace(global_step=0, max_steps=steps, num_input_tokens_seen=0, is_world_process_zero=True)
+        progress = train._progress_callback("dpo")
+        caplog.clear()
+        with caplog.at_level("INFO", logger="llmops_tasks.train"):
+            progress.on_train_begin(args, state, None)
+            for step in range(1, steps + 1):
+                clock[0] += seconds_per_step
+                state.global_step = step
+                progress.on_step_end(args, state, None)
+                if step % logging_steps == 0:
+                    logs = {"loss": 1.0 / step, **({"num_tokens": 100.0 * step} if tokens else {})}
+                    progress.on_log(args, state, None, logs=logs)
+            progress.on_train_end(args, state, None)
+        return [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
+
+    fast = run(100, 0.5, 1)  # 50 s in all
+    assert fast[0].startswith("train dpo: step 1/100 (1%), loss 1.000, 200 tokens/s, 0.5 s elapsed, ~49.5 s left")
+    assert fast[-1].startswith("train dpo: step 100/100 (100%)")
+    assert len(fast) == 1 + 100 // int(train.PROGRESS_MIN_GAP / 0.5)  # every 10th step, the first and the last
+    slow = run(6, 40.0, 5)  # a logging step every 200 s
+    assert [line.split(",")[0] for line in slow] == [f"train dpo: step {n}/6 ({int(100 * n / 6)}%)" for n in range(1, 7)]
+    assert slow[0].startswith("train dpo: step 1/6 (16%), loss -")  # nothing logged yet
+    assert "~3 min 20 s left" in slow[0] and "1 min 20 s elapsed" in slow[1]
+    untold = run(10, 1.0, 5, tokens=False)  # no token count (ORPO): samples from the batch sizes
+    assert untold[0] == "train dpo: step 5/10 (50%), loss 0.200, 2.0 samples/s, 5.0 s elapsed, ~5.0 s left"

@@ -2,7 +2,10 @@
 
 Every field carries its help text in ``metadata["help"]``; the CLI and the docs are generated
 from it. Unknown keys are an error (a stale recipe must not be silently ignored), and each config
-validates itself in ``__post_init__`` with a message that says what was expected.
+validates itself in ``__post_init__`` with a message that says what was expected. A path setting
+says so (``field(path="input")``, see :data:`PATH_KINDS`): :func:`build` makes a local value
+absolute against the current folder, whether it came from a recipe, a flag or a DAG, and
+:func:`check_paths` refuses one that names what is not there before the step starts.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import hashlib
 import io
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ class Chunk:
     are the rows' line numbers (JSONL) or row numbers (Parquet), from 1.
     """
 
-    def __init__(self, lines: list[int], table: Any = None, raw: list[bytes] | None = None,
+    def __init__(self, lines: list[int], table: Any = None, raw: Sequence[bytes] | None = None,
                  records: list[dict[str, Any]] | None = None) -> None:
         self.lines = lines
         self.table = table
@@ -253,35 +253,115 @@ def _objects_only(lines: list[bytes]) -> bool:
     return all(line.strip()[:1] == b"{" and line.strip()[-1:] == b"}" for line in lines)
 
 
+class _Lines:
+    """The lines of one block of JSONL bytes, cut on demand (a list of a million ``bytes`` costs
+    more than the bytes): ``lines[i]`` is line ``i`` with its newline, as file iteration gives it."""
+
+    def __init__(self, block: bytes, bounds: Any) -> None:
+        self.block, self.bounds = block, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.block[self.bounds[i]:self.bounds[i + 1]]
+
+
+_READ_BYTES = 1 << 24
+
+
+def _usual_block(block: bytes) -> Any:
+    """Line bounds of ``block`` when every line is one ``{...}`` object that cannot nest past
+    :data:`_NESTING_LIMIT` (so none is blank): what :func:`_objects_only` and :func:`_shallow` accept
+    in their quick look, decided on all the bytes at once. None otherwise (the caller reads line by line)."""
+    import numpy as np
+
+    content = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(content == 10) + 1
+    if not len(ends) or ends[-1] != len(content):
+        ends = np.append(ends, len(content))  # a last line without a newline
+    bounds = np.concatenate([[0], ends])
+    starts, stops = bounds[:-1], bounds[1:]
+    closing = stops - 1 - (content[stops - 1] == 10)
+    if not ((content[starts] == 123).all() and (stops > starts + 1).all() and (content[closing] == 125).all()):
+        return None
+    long = np.flatnonzero(stops - starts > _NESTING_LIMIT)
+    if len(long):
+        openers = np.flatnonzero((content == 91) | (content == 123))
+        nested = np.searchsorted(openers, stops[long]) - np.searchsorted(openers, starts[long])
+        if (nested > _NESTING_LIMIT).any():
+            return None
+    return bounds
+
+
 def _jsonl_chunks(uri: str, rows: int) -> Iterator[Chunk]:
+    """Chunks of ``rows`` lines, read in large blocks while every line is the usual ``{...}``
+    object (cut on the bytes, Arrow-parsed); from the first chunk that is not, line by line as
+    :func:`iter_records` reads, to the end of the file (same chunks, line numbers and errors)."""
     compression = "gzip" if uri.endswith(".gz") else None
     number = 0
     with fsspec.open(uri, "rb", compression=compression) as handle:
+        rest = b""
         while True:
-            lines: list[bytes] = []
-            numbers: list[int] = []
-            while len(lines) < rows:
-                batch = list(itertools.islice(handle, rows - len(lines)))
-                if not batch:
+            pieces, held, eof = [rest], rest.count(b"\n"), False
+            while held < rows:
+                piece = handle.read(_READ_BYTES)
+                if not piece:
+                    eof = True
                     break
-                for raw in batch:
-                    number += 1
-                    if not _is_blank(raw):
-                        lines.append(raw)
-                        numbers.append(number)
-            if not lines:
+                pieces.append(piece)
+                held += piece.count(b"\n")
+            buffer = b"".join(pieces)
+            del pieces
+            if not buffer:
                 return
-            block = b"".join(lines)
-            arrow_reads_it = _objects_only(lines) and _shallow(lines)
-            table = _arrow_table(block, len(lines)) if arrow_reads_it else None
-            del block
-            if table is not None:
-                yield Chunk(numbers, table=table, raw=lines)
-                continue
-            # Line by line, as iter_records reads: exact values and the exact error for a bad line.
-            records = [row for n, raw in zip(numbers, lines) if (row := _parse_line(uri, n, raw)) is not None]
-            if records:
-                yield Chunk([r["_line"] for r in records], records=records)
+            if eof and held < rows:
+                block, rest = buffer, b""
+            else:
+                import numpy as np
+
+                cut = int(np.flatnonzero(np.frombuffer(buffer, dtype=np.uint8) == 10)[rows - 1]) + 1
+                block, rest = buffer[:cut], buffer[cut:]
+            del buffer
+            bounds = _usual_block(block)
+            table = _arrow_table(block, len(bounds) - 1) if bounds is not None else None
+            if table is None:  # blank lines, other layouts, what Arrow reads differently: line by line
+                yield from _jsonl_line_chunks(uri, rows, itertools.chain(io.BytesIO(block + rest), handle), number)
+                return
+            count = len(bounds) - 1
+            yield Chunk(list(range(number + 1, number + count + 1)), table=table, raw=_Lines(block, bounds))
+            number += count
+            if eof and not rest:
+                return
+
+
+def _jsonl_line_chunks(uri: str, rows: int, handle: Iterator[bytes], number: int) -> Iterator[Chunk]:
+    """:func:`_jsonl_chunks` line by line from ``handle`` (lines after line ``number``)."""
+    while True:
+        lines: list[bytes] = []
+        numbers: list[int] = []
+        while len(lines) < rows:
+            batch = list(itertools.islice(handle, rows - len(lines)))
+            if not batch:
+                break
+            for raw in batch:
+                number += 1
+                if not _is_blank(raw):
+                    lines.append(raw)
+                    numbers.append(number)
+        if not lines:
+            return
+        block = b"".join(lines)
+        arrow_reads_it = _objects_only(lines) and _shallow(lines)
+        table = _arrow_table(block, len(lines)) if arrow_reads_it else None
+        del block
+        if table is not None:
+            yield Chunk(numbers, table=table, raw=lines)
+            continue
+        # Line by line, as iter_records reads: exact values and the exact error for a bad line.
+        records = [row for n, raw in zip(numbers, lines) if (row := _parse_line(uri, n, raw)) is not None]
+        if records:
+            yield Chunk([r["_line"] for r in records], records=records)
 
 
 def _parquet_chunks(uri: str, rows: int) -> Iterator[Chunk]:

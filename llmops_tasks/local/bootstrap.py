@@ -95,7 +95,7 @@ def ensure_tiny_model(out_dir: Path | None = None) -> Path:
 
 @dataclass
 class InitConfig:
-    home: str = field("", help="home folder to create (default: $LLMOPS_HOME or ./.llmops)")
+    home: str = field("", path="output", help="home folder to create (default: $LLMOPS_HOME or ./.llmops)")
 
     def __post_init__(self) -> None:
         self.home = self.home.strip()

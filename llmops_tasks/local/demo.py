@@ -38,7 +38,7 @@ DAG_ID = "llm_retraining"
 class DemoConfig:
     method: Literal["sft", "dpo"] = field("sft", help="training method for this run")
     max_steps: int = field(120, help="training steps")
-    dataset_uri: str = field("", help="preference data set; empty: the embedded sample data set")
+    dataset_uri: str = field("", path="input", help="preference data set; empty: the embedded sample data set")
     require_approval: bool = field(False, help="wait for a human approval in the Airflow UI (the run then blocks)")
 
     def __post_init__(self) -> None:

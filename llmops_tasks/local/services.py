@@ -6,7 +6,7 @@ DAG processor and triggerer (which wakes the approval step), plus an MLflow serv
 links, all on the embedded home's SQLite stores. Each service runs in its own process group with
 its log under ``$LLMOPS_HOME/logs/services/``.
 
-A :class:`Supervisor` keeps them running the way supervisord or systemd's ``Restart=on-failure``
+A :class:`Supervisor` keeps them running the way supervisord or systemd's ``Restart=always``
 with ``StartLimitBurst`` do: a service that exits is restarted after a doubling delay, once what
 it left behind is stopped and what it depends on is healthy; the scheduler starts only once the
 API server answers, because its tasks (orphans it re-queues on start included) call the API
@@ -14,8 +14,8 @@ server's execution API first thing and would spend a retry on a refused connecti
 restarts within the window stop the stack with a message naming the service and its log; Ctrl-C
 or SIGTERM stops every service (SIGTERM, then SIGKILL after ``stop_timeout``).
 
-The tasks use the MLflow store (SQLite) directly, not the MLflow server, so an MLflow restart
-does not touch a running task.
+The tasks use the MLflow store (the embedded SQLite file, the server's backend store too)
+directly, not the MLflow server, so an MLflow restart does not touch a running task.
 
 Only environment variables and subprocesses: this package never imports Airflow.
 """
@@ -206,8 +206,9 @@ def login_hint(env: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """systemd's ``Restart=on-failure`` with ``StartLimitBurst`` (limit) per ``StartLimitIntervalSec``
-    (window), and a delay that doubles with each restart inside the window."""
+    """systemd's ``Restart=always`` (a service of ours never exits unasked, whatever its code)
+    with ``StartLimitBurst`` (limit) per ``StartLimitIntervalSec`` (window), and a delay that
+    doubles with each restart inside the window."""
 
     limit: int
     window: float
@@ -222,13 +223,16 @@ class RestartPolicy:
 class Service:
     """One supervised program: how to start it, how to tell it is healthy, what must be healthy first.
 
-    ``ready`` gets the wall-clock time of the start it judges (see :func:`component_ready`).
+    ``ready`` gets the wall-clock time of the start it judges (see :func:`component_ready`);
+    ``min_restart_delay`` is how long after an exit it may start again at the earliest, whatever
+    the backoff.
     """
 
     name: str
     command: list[str]
     ready: Callable[[float], bool] = lambda since: True
     after: tuple[str, ...] = ()
+    min_restart_delay: float = 0.0
 
 
 def service_specs(config: UpConfig, env: dict[str, str]) -> list[Service]:
@@ -247,7 +251,12 @@ def service_specs(config: UpConfig, env: dict[str, str]) -> list[Service]:
     # listens, each of them would fail and spend a retry. The DAG processor and the triggerer use an
     # in-process execution API, and MLflow needs nobody.
     after = {"scheduler": ("api-server",)}
-    return [Service(name, command, ready[name], after.get(name, ()))
+    # A dead scheduler's tasks stay `running` in the database. A new scheduler resets them (to run
+    # again at once) only at its start and then every orphaned_tasks_check_interval (5 min), and
+    # only once the old one's heartbeat is scheduler_health_check_threshold old: starting it
+    # sooner leaves the killed tasks hanging until the next check or their heartbeat timeout.
+    settle = {"scheduler": float(env.get("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD", "30"))}
+    return [Service(name, command, ready[name], after.get(name, ()), settle.get(name, 0.0))
             for name, command in service_commands(config, env).items()]
 
 
@@ -509,7 +518,7 @@ class Supervisor:
                    f"allows (restart_window {self.policy.window:g} s)")
             raise StepFailed(f"up: {name} exited with code {code} and {why}, so every service was stopped; "
                              f"log {unit.log_path}, last lines:\n  " + _tail(unit.log_path))
-        delay = self.policy.delay(count)
+        delay = max(self.policy.delay(count), unit.service.min_restart_delay)
         unit.state, unit.due = "waiting", now + delay
         unit.restarts.append({**event, "restart": count, "limit": limit, "delay_s": delay})
         log.warning("llmops up: %s exited with code %s%s; restarting (%d/%d) in %g s — log: %s",
@@ -664,4 +673,5 @@ def command():
     from llmops_tasks.core.command import Command
 
     return Command(UpConfig, run, "start Airflow (API server, scheduler, DAG processor, triggerer) and MLflow "
-                   "on loopback for the embedded home; Ctrl-C stops them", render=render)
+                   "on loopback for the embedded home; a service that dies is restarted (restart_limit), "
+                   "Ctrl-C stops them", render=render)

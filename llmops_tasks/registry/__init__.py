@@ -153,7 +153,18 @@ class RegistryConfig:
     model_name: str = field("", help="registered model name (default: $LLMOPS_MODEL_NAME or llmops-chat)")
 
     def __post_init__(self) -> None:
-        self.model_name = self.model_name or settings.model_name()
+        self.model_name = (self.model_name or settings.model_name()).strip()
+        require(bool(self.model_name) and not set(self.model_name) & set("/:%"),
+                f"registry: model_name {self.model_name!r} cannot be a registered model name (no '/', ':' or '%')")
+
+
+def _version_number(value: str, setting: str, *, words: tuple[str, ...] = ()) -> str:
+    """A model version as given (``3`` or ``v3``), checked: digits, or one of ``words``, or empty."""
+    value = str(value).strip().removeprefix("v")
+    require(not value or value.isdigit() or value.lower() in words,
+            f"registry: {setting} must be a version number{' or ' + ' / '.join(words) if words else ''}, "
+            f"got {value!r}")
+    return value
 
 
 @dataclass
@@ -169,11 +180,11 @@ class AliasMoveConfig(RegistryConfig):
 
 @dataclass
 class RegisterConfig(RegistryConfig):
-    train_result: str = field("", help="train step's result.json (model_dir, method, hashes)")
-    metrics: str = field("", help="evaluate step's metrics.json")
-    decision: str = field("", help="gate step's decision.json; a candidate that failed its gate is never registered")
+    train_result: str = field("", path="input", help="train step's result.json (model_dir, method, hashes)")
+    metrics: str = field("", path="input", help="evaluate step's metrics.json")
+    decision: str = field("", path="input", help="gate step's decision.json; a candidate that failed its gate is never registered")
     dataset_hash: str = field("", help="content hash of the validated data set (lineage)")
-    validation: str = field("", help="validate step's validation.json: data snapshot size and findings for the model card")
+    validation: str = field("", path="input", help="validate step's validation.json: data snapshot size and findings for the model card")
     input_example: Literal["auto", "true", "false"] = field(
         "auto", help="log an input example (MLflow then loads and runs the model once); auto: below 1 GiB of weights")
     intended_use: str = field(modelcard.INTENDED_USE, help="model card: what the model is for")
@@ -327,8 +338,8 @@ class PromoteConfig(AliasMoveConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.version = str(self.version).strip()
-        self.expected_production = str(self.expected_production).strip()
+        self.version = _version_number(self.version, "version")
+        self.expected_production = _version_number(self.expected_production, "expected_production", words=("none",))
 
 
 def promote(config: PromoteConfig) -> dict:
@@ -457,7 +468,7 @@ class ApprovalConfig(RegistryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.version = str(self.version).strip().removeprefix("v")
+        self.version = _version_number(self.version, "version")
         require(bool(self.version), "registry approval: version is required")
         require(self.decision in rules.DECISIONS,
                 f"registry approval: decision must be one of {', '.join(rules.DECISIONS)}, got {self.decision!r}")
@@ -477,7 +488,7 @@ class RollbackConfig(AliasMoveConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.to_version = str(self.to_version).strip().removeprefix("v")
+        self.to_version = _version_number(self.to_version, "to_version")
 
 
 def rollback(config: RollbackConfig) -> dict:
@@ -520,10 +531,10 @@ def _without_credentials(uri: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        parts = parts._replace(netloc=host + (f":{parts.port}" if parts.port else ""))
-    return urlunsplit(parts)
+    if not (parts.username or parts.password):
+        return uri  # as given: urlunsplit would drop the empty authority of sqlite:///path
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def status(config: StatusConfig) -> dict:

@@ -1,7 +1,8 @@
 """``llmops validate``: stop bad data at the door, before anything is trained on it.
 
-``config`` (settings, rule names), ``measures`` (chunks to measurement tables), ``suite`` (the
-Great Expectations suite and context), ``report`` (rule outcomes, quarantine, validation.json) and
+``config`` (settings, rule names), ``measures`` (chunks to measurement tables), ``conversations``
+(the rules of message lists, the chat template), ``suite`` (the Great Expectations suites and
+context), ``report`` (rule outcomes, quarantine, validation.json), ``datadocs`` (the Data Docs) and
 ``step`` (``run``: the whole step, its MLflow step run included).
 """
 

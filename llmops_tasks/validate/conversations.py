@@ -64,10 +64,6 @@ def _role(message: Any) -> Any:
     return message.get("role") if isinstance(message, dict) else None
 
 
-def _calls(message: Any) -> Any:
-    return message.get("tool_calls") if isinstance(message, dict) else None
-
-
 def conversational_rows(chunk, columns: dict[str, TextColumn]) -> list[int]:
     """Rows holding a list in one of ``columns``: only columns that were not all strings are
     looked at, and in them only the rows that are not text."""
@@ -84,36 +80,38 @@ def conversational_rows(chunk, columns: dict[str, TextColumn]) -> list[int]:
     return sorted(rows)
 
 
-def _message_problems(column: str, cell: list) -> tuple[str | None, str | None]:
-    """(roles problem, content problem) of one message list: the first message breaking each."""
+def _message_problems(column: str, cell: list) -> tuple[str | None, str | None, bool]:
+    """(roles problem, content problem, whether it uses tools) of one message list: the first
+    message breaking each rule."""
     roles = content = None
+    tools = False
     for j, message in enumerate(cell):
-        where = f"{column}[{j}]"
         if not isinstance(message, dict):
-            roles = roles or f"{where} is not a message (a mapping with role and content)"
+            roles = roles or f"{column}[{j}] is not a message (a mapping with role and content)"
             continue
-        role = message.get("role")
+        role, value, calls = message.get("role"), message.get("content"), message.get("tool_calls")
+        tools = tools or calls is not None or role == "tool"
+        if role in ROLES and isinstance(value, str) and value and not value.isspace():
+            continue  # the common message, at the cost of three lookups
+        where = f"{column}[{j}]"
         if role not in ROLES:
             roles = roles or (f"{where} has no role" if role is None
                               else f"{where} has role {_quote(role)}, not one of {', '.join(ROLES)}")
-        if content is not None:
-            continue
-        value = message.get("content")
-        if role == "assistant" and _calls(message) and (value is None or value == "" or value == []):
+        if content is not None or (role == "assistant" and calls and value in (None, "", [])):
             continue  # a tool call needs no words
         if isinstance(value, list):  # text parts: [{"type": "text", "text": ...}]
             parts = [p.get("text") if isinstance(p, dict) and p.get("type") == "text" else None for p in value]
-            value = "".join(parts) if all(isinstance(p, str) for p in parts) else None
-            if value is None:
+            if not all(isinstance(p, str) for p in parts):
                 content = f"{where} has content parts that are not all text"
                 continue
+            value = "".join(parts)
         if value is None:
             content = f"{where} has no content"
         elif not isinstance(value, str):
             content = f"{where} has content of type {type(value).__name__}, not text"
-        elif not value.strip():
+        elif not value or value.isspace():
             content = f"{where} has empty content"
-    return roles, content
+    return roles, content, tools
 
 
 def _call_problem(where: str, message: dict) -> str | None:
@@ -125,8 +123,11 @@ def _call_problem(where: str, message: dict) -> str | None:
     if not isinstance(calls, list) or not calls:
         return f"{where} has tool_calls that are not a non-empty list of calls"
     for k, call in enumerate(calls):
-        function = call.get("function") if isinstance(call, dict) else None
-        name = function.get("name") if isinstance(function, dict) else call.get("name") if isinstance(call, dict) else None
+        if not isinstance(call, dict):
+            return f"{where}.tool_calls[{k}] is not a call (a mapping naming its function)"
+        # The OpenAI form {"type": "function", "function": {"name": ...}}, or the call itself named.
+        function = call.get("function")
+        name = function.get("name") if isinstance(function, dict) else call.get("name")
         if not isinstance(name, str) or not name.strip():
             return f"{where}.tool_calls[{k}] names no function"
     return None
@@ -174,9 +175,10 @@ def check_row(record: dict[str, Any], text_columns: tuple[str, ...], kind: str) 
     lists = {c: list(v) for c, v in cells.items() if isinstance(v, (list, tuple))}
     found: dict[str, str] = {}
     roles = content = None
+    tools = False
     for column, cell in lists.items():
-        cell_roles, cell_content = _message_problems(column, cell)
-        roles, content = roles or cell_roles, content or cell_content
+        cell_roles, cell_content, cell_tools = _message_problems(column, cell)
+        roles, content, tools = roles or cell_roles, content or cell_content, tools or cell_tools
     found["message_roles_known"] = roles or OK
     found["message_content_non_empty"] = content or OK
 
@@ -203,7 +205,9 @@ def check_row(record: dict[str, Any], text_columns: tuple[str, ...], kind: str) 
         found["answers_are_assistant_turns"] = problem or OK
 
     conversations = [[("messages", lists["messages"])]] if "messages" in lists else []
-    if prompt is not None:  # the prompt as TRL renders it: before each answer
+    if not tools:  # no tool message nor tool_calls in the row: nothing to follow
+        conversations = []
+    elif prompt is not None:  # the prompt as TRL renders it: before each answer
         conversations += [[("prompt", prompt), (c, lists[c])] for c in answers] or [[("prompt", prompt)]]
     else:
         conversations += [[(c, lists[c])] for c in answers]

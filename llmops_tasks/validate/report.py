@@ -9,7 +9,13 @@ from typing import Any
 from llmops_tasks.core import data
 from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.core.io import AtomicFile
-from llmops_tasks.validate.config import DATASET_CHECK, MESSAGE_SAMPLE, REPORT_SAMPLE, ValidateConfig
+from llmops_tasks.validate.config import (
+    CONVERSATION_COLUMNS,
+    DATASET_CHECK,
+    MESSAGE_SAMPLE,
+    REPORT_SAMPLE,
+    ValidateConfig,
+)
 from llmops_tasks.validate.measures import Seen
 
 
@@ -124,7 +130,12 @@ def describe_failure(rule: dict[str, Any]) -> str:
     more = ", ..." if count > len(ids) else ""
     noun = "row" if count == 1 else "rows"
     allowed = f", more than {100 * (1 - rule['mostly']):g}% allowed" if rule.get("mostly", 1.0) < 1.0 else ""
-    return f"{name} ({count} {noun}{allowed}: {', '.join(ids)}{more})" if ids else f"{name} ({count} {noun}{allowed})"
+    if not ids:
+        return f"{name} ({count} {noun}{allowed})"
+    # A conversational rule's measurement says what is wrong (the first failing row's first problem).
+    values = rule.get("sample_values") or []
+    why = f": {ids[0]}: {values[0]}" if name in CONVERSATION_COLUMNS and values else ""
+    return f"{name} ({count} {noun}{allowed}: {', '.join(ids)}{more}){why}"
 
 
 class Quarantine:

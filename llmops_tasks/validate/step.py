@@ -19,7 +19,9 @@ it broke. ``validation.json`` lists every rule; GX Data Docs (HTML) of the same 
 validation result for the whole data set that renders offline (:mod:`.datadocs`), are built under
 ``{report_dir}/gx`` for local report folders. Every row carries an ``id`` (its own, or ``line N``
 / ``row N``), and conversational rows are flattened to their text first, so the same rules apply
-to both forms.
+to both forms; rows holding a message list are also checked for TRL's conversational shape (roles,
+turn order, content, tool calls and, with a tokenizer, its chat template: :mod:`.conversations`)
+by a second suite that runs only on the batches holding one.
 
 great_expectations, pandas, pyarrow, numpy and transformers are imported inside functions:
 ``llmops --help`` must stay fast, and transformers only loads when a tokenizer is configured.
@@ -72,9 +74,8 @@ def _check_batch(pending: list[tuple[data.Chunk, Any]], runner: SuiteRunner, tal
     if talk:  # measured only in chunks holding a message list; the rest of the batch is null (missing)
         conversations = batch.reindex(columns=["id", "row", *runner.conversation_columns])
         batch = batch.drop(columns=talk)
-    for frame in (batch, conversations):
-        for name in frame.columns if frame is not None else ():
-            # few distinct values: categories spare GX a Python call per value
+    for frame in [batch] if conversations is None else [batch, conversations]:
+        for name in frame.columns:  # few distinct values: categories spare GX a Python call per value
             if name.endswith(TYPE_SUFFIX) or name == "pii__found" or name in runner.conversation_columns:
                 frame[name] = frame[name].astype("category")
     flagged = tally.add(runner.run(batch))

@@ -54,8 +54,8 @@ def _statement(config: ValidateConfig, rule: str) -> str:
         "tool_messages_follow_tool_calls": "a tool message follows an assistant tool call (or another result "
                                            "of it); tool_calls are only on assistant messages and name functions",
         "text_forms_match": "a row's prompt and answers are all message lists or all text",
-        "chat_template_renders": f"the chat template of the tokenizer ({config.tokenizer or 'none'}) renders "
-                                 "the row as TRL does",
+        "chat_template_renders": "the tokenizer's chat template renders the row as TRL (or, for eval data, "
+                                 "evaluate) does",
         "row_count": f"row count {rows}",
         "prompt_duplication": f"at most {config.max_prompt_duplication:.1%} of rows repeat an earlier prompt",
         "length_bias": f"chosen is longer than rejected in at most {config.max_chosen_longer_share:.1%} of pairs",
@@ -124,9 +124,11 @@ def build_suite(config: ValidateConfig, text_columns: tuple[str, ...], frame_col
 
 
 def conversation_rules(config: ValidateConfig) -> list[str]:
-    """The conversational rules this check applies (chat_template_renders needs a tokenizer)."""
-    with_template = bool(config.tokenizer) and config.check_chat_template
-    return [rule for rule in CONVERSATION_COLUMNS if rule != "chat_template_renders" or with_template]
+    """The conversational rules this check applies: chat_template_renders needs a tokenizer, and
+    eval data may pair a conversational prompt with a text reference (no text_forms_match)."""
+    left_out = {"chat_template_renders"} if not (config.tokenizer and config.check_chat_template) else set()
+    left_out |= {"text_forms_match"} if config.kind == "eval" else set()
+    return [rule for rule in CONVERSATION_COLUMNS if rule not in left_out]
 
 
 def conversation_suite(config: ValidateConfig, name: str = SUITE_NAME + "_conversations"):

@@ -34,18 +34,21 @@ def run_step(step: str, *, config_file: str | Path | None = None, overrides: dic
     from llmops_airflow.links import MLFLOW_RUN_URL_KEY
     from llmops_airflow.mlflow_connection import mlflow_env
     from llmops_tasks.cli import STEPS
-    from llmops_tasks.core.config import load
+    from llmops_tasks.core.config import ConfigError, load
     from llmops_tasks.core.errors import Rejected, StepFailed
 
     context = get_current_context()
     bind_run_context(context)
     commands = importlib.import_module(STEPS[step][0]).command()
     command = commands[action] if isinstance(commands, dict) else commands
-    config = load(command.config_cls, config_file, overrides or {})
     ti = context["ti"]
     with mlflow_env():
         try:
+            # A bad setting or a missing input (the CLI's exit 2) is the same on a retry: no retry.
+            config = load(command.config_cls, config_file, overrides or {})
             result = command.run(config)
+        except ConfigError as exc:
+            raise AirflowFailException(f"llmops {step}{' ' + action if action else ''}: configuration error: {exc}") from exc
         except StepFailed as exc:
             result = exc.result
             if isinstance(result, dict) and result.get(MLFLOW_RUN_URL_KEY):
