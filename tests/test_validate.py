@@ -232,8 +232,9 @@ def test_cli_exits_1_without_traceback_on_invalid_rows(tmp_path, capsys):
 
     rows = _rows_with({1: {"rejected": "Open the panel and restart service 1."}})
     dataset = write_rows(tmp_path / "data.jsonl", rows)
+    # without --config the packaged policy applies (at least 100 rows): this small file sets its own floor
     status = main(["validate", "--dataset", dataset, "--kind", "preference", "--report-dir", str(tmp_path / "cli"),
-                   "--data-docs", "false"])
+                   "--data-docs", "false", "--min-rows", "1"])
     captured = capsys.readouterr()
     assert status == 1, captured.err
     assert "Traceback" not in captured.err
@@ -665,8 +666,12 @@ def test_a_prompt_is_its_last_turn_for_duplication_and_contamination(tmp_path):
     def conversation(system: str, question: str) -> list[dict]:
         return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
+    def answer(text: str) -> list[dict]:  # conversational prompt, conversational answers (TRL's form)
+        return [{"role": "assistant", "content": text}]
+
     rows = [{"prompt": conversation(f"style {i}", "How do I reset my VPN token?"),
-             "chosen": f"Open the portal, then step {i}.", "rejected": f"No idea {i}."} for i in range(4)]
+             "chosen": answer(f"Open the portal, then step {i}."), "rejected": answer(f"No idea {i}.")}
+            for i in range(4)]
     dataset = write_rows(tmp_path / "conv.jsonl", rows)
     result = validate(dataset, tmp_path, max_prompt_duplication=1.0, severity={"length_bias": "warn"})
     report = json.loads(Path(result["report"]).read_text())

@@ -204,12 +204,12 @@ def check_row(record: dict[str, Any], text_columns: tuple[str, ...], kind: str) 
     if answers or "messages" in lists:
         found["answers_are_assistant_turns"] = problem or OK
 
-    conversations = [[("messages", lists["messages"])]] if "messages" in lists else []
-    if not tools:  # no tool message nor tool_calls in the row: nothing to follow
-        conversations = []
-    elif prompt is not None:  # the prompt as TRL renders it: before each answer
+    conversations: list[list[tuple[str, list]]] = []  # none to walk when no message is or calls a tool
+    if tools and "messages" in lists:
+        conversations.append([("messages", lists["messages"])])
+    if tools and prompt is not None:  # the prompt as TRL renders it: before each answer
         conversations += [[("prompt", prompt), (c, lists[c])] for c in answers] or [[("prompt", prompt)]]
-    else:
+    elif tools:
         conversations += [[(c, lists[c])] for c in answers]
     found["tool_messages_follow_tool_calls"] = next(
         filter(None, (_tool_problem(parts) for parts in conversations)), None) or OK

@@ -198,27 +198,30 @@ class SuiteRunner:
     }
 
     def __init__(self, suite, conversations=None):
-        import great_expectations as gx
-
         # In memory: each batch's result is one part of the check; Data Docs show the whole
         # check's result (datadocs.build).
         self.context = gx_context(None)
-        batch = (
+        self.batch = (
             self.context.data_sources.add_pandas("llmops")
             .add_dataframe_asset("dataset")
             .add_batch_definition_whole_dataframe("chunk")
         )
+        self.definition = self._add("validate", suite)
+        self.conversations = conversations
+        self.conversation_columns = [e.column for e in conversations.expectations] if conversations else []
+        self.conversation_definition = None  # added on the first batch holding a message list
 
-        def definition(name: str, suite):
-            return self.context.validation_definitions.add(
-                gx.ValidationDefinition(name=name, data=batch, suite=self.context.suites.add(suite)))
+    def _add(self, name: str, suite):
+        import great_expectations as gx
 
-        self.definition = definition("validate", suite)
-        self.conversations = definition("validate_conversations", conversations) if conversations else None
-        self.conversation_columns = ([e.column for e in conversations.expectations] if conversations else [])
+        return self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=self.batch, suite=self.context.suites.add(suite)))
 
     def run(self, frame):
         return self.definition.run(batch_parameters={"dataframe": frame}, result_format=self.RESULT_FORMAT)
 
     def run_conversations(self, frame):
-        return self.conversations.run(batch_parameters={"dataframe": frame}, result_format=self.RESULT_FORMAT)
+        if self.conversation_definition is None:
+            self.conversation_definition = self._add("validate_conversations", self.conversations)
+        return self.conversation_definition.run(batch_parameters={"dataframe": frame},
+                                                result_format=self.RESULT_FORMAT)
