@@ -99,6 +99,10 @@ class EvaluateConfig:
     )
     report: bool = field(True, help="write report.html (metrics, intervals, best and worst examples)")
 
+    def base(self) -> str:
+        """The base model: ``base_model``, else the embedded tiny model."""
+        return self.base_model or str(settings.tiny_model_dir())
+
     def __post_init__(self) -> None:
         self.candidate_model = self.candidate_model.strip()
         self.champion_model = self.champion_model.strip() or "production"
@@ -120,7 +124,9 @@ class EvaluateConfig:
         self.reference_model = self.reference_model.strip()
         context = RunContext.from_env()
         self.candidate_model = self.candidate_model or f"{context.step_dir('train')}/model"
-        self.base_model = self.base_model.strip() or str(settings.tiny_model_dir())
+        # Left empty until it is needed (no production yet, or reference_model "base"): a run that
+        # names its champion does not need the embedded tiny model to exist.
+        self.base_model = self.base_model.strip()
         self.eval_data = self.eval_data.strip() or f"{context.step_dir('split')}/eval.jsonl"
         self.out_dir = self.out_dir.strip() or context.step_dir("evaluate")
 
@@ -186,7 +192,7 @@ def resolve_champion(config: EvaluateConfig) -> dict[str, str]:
     if config.champion_model == "production":
         from llmops_tasks.registry import resolve_champion as from_registry
 
-        champion = dict(from_registry(fallback=config.base_model))
+        champion = dict(from_registry(fallback=config.base()))
     else:
         champion = {"model_dir": config.champion_model, "label": config.champion_model, "version": ""}
     champion["model_dir"] = _model_ref(str(champion["model_dir"]))
@@ -507,7 +513,7 @@ def run(config: EvaluateConfig) -> dict:
     reference_logps = None
     reference_label = ""
     if config.reference_model and "chosen" in rows[0]:
-        reference_label = config.base_model if config.reference_model == "base" else config.reference_model
+        reference_label = config.base() if config.reference_model == "base" else config.reference_model
         reference_ref = _model_ref(reference_label)
         scored = answer_logprobs(reference_ref, preference_pairs(rows), batch_size=config.batch_size)
         reference_logps = {"chosen": [logp for logp, _ in scored[:len(rows)]],

@@ -278,7 +278,7 @@ def test_config_defaults_and_validation(home):
     assert config.candidate_model.endswith("/adhoc/latest/train/model")
     assert config.eval_data.endswith("/adhoc/latest/split/eval.jsonl")
     assert config.out_dir.endswith("/adhoc/latest/evaluate")
-    assert config.base_model == str(home / "models" / "tiny-base")
+    assert config.base_model == "" and config.base() == str(home / "models" / "tiny-base")
     from llmops_tasks.core import config as config_module
 
     recipe = config_module.load(EvaluateConfig, RECIPE)

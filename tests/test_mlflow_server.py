@@ -158,7 +158,9 @@ def test_register_promote_status_rollback_against_the_server(as_user, capsys):
     assert status["aliases"] == {"staging": "2", "production": "2", "previous-production": "1"}
     assert status["versions"]["2"]["promoted_by"] == USER
     assert PASSWORD not in json.dumps(status)
-    assert [e["action"] for e in registry.audit_events(MODEL)] == ["staged", "staged", "promoted", "promoted"]
+    # each hand promotion is its promoter's approval, recorded before the move
+    assert [e["action"] for e in registry.audit_events(MODEL)] == ["staged", "staged", "approved", "promoted",
+                                                                   "approved", "promoted"]
     assert registry.alias_versions(MODEL)["production"] == "2"
 
 
