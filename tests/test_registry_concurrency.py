@@ -104,7 +104,9 @@ def test_two_candidates_from_the_same_champion_exactly_one_wins(raced):
     aliases = registry.alias_versions(RIVALS)
     assert aliases["production"] == winner["version"] and aliases["previous-production"] == "1"
     events = [(e["action"], e["version"]) for e in registry.audit_events(RIVALS)]
-    assert events == [("promoted", "1"), ("promoted", winner["version"]), ("promotion_refused", loser["version"])]
+    # a hand promotion records its promoter's approval first; the refused one records none
+    assert events == [("approved", "1"), ("promoted", "1"), ("approved", winner["version"]),
+                      ("promoted", winner["version"]), ("promotion_refused", loser["version"])]
     assert tracking.client().search_registered_models(filter_string=f"name = '{RIVALS}.registry-lock'") == []
 
 
@@ -113,4 +115,5 @@ def test_two_runs_promoting_the_same_version_make_one_move(raced):
     assert [code for code, _, _ in outcomes] == [0, 0], outcomes
     assert sorted(result["changed"] for _, result, _ in outcomes) == [False, True]
     assert registry.alias_versions(TWINS) == {"production": "2", "previous-production": "1"}
-    assert [(e["action"], e["version"]) for e in registry.audit_events(TWINS)] == [("promoted", "1"), ("promoted", "2")]
+    assert [(e["action"], e["version"]) for e in registry.audit_events(TWINS)] == [
+        ("approved", "1"), ("promoted", "1"), ("approved", "2"), ("promoted", "2")]

@@ -158,6 +158,23 @@ def _wait(stack, run_id: str, done, what: str, timeout: float):
                 f"scheduler log tail:\n{scheduler_log[-3000:]}")
 
 
+def _parked(stack, run_id: str, timeout: float = 120) -> None:
+    """Wait until the scheduler has taken in the exit of the approval task's parked process.
+
+    A person answers minutes after the task parks in Required actions. An answer within the
+    scheduler's next loop races Airflow itself: the resumed task is running when the executor's
+    "success" of the parked process arrives, and the scheduler marks the running task FAILED
+    (LocalExecutor, Airflow 3.3.2). So the test answers only once that event is in the scheduler log.
+    """
+    line = f"Received executor event with state success for task instance TaskInstanceKey(dag_id='{DAG_ID}', " \
+           f"task_id='approve', run_id='{run_id}'"
+    log = stack["home"] / "logs" / "services" / "scheduler.log"
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"the scheduler never saw the approval task of {run_id} park"
+        time.sleep(1)
+
+
 def _trigger(api: Api, conf: dict) -> str:
     return api.ok("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
 
@@ -177,6 +194,7 @@ def test_rest_trigger_hitl_approval_and_bad_data(stack):
     assert states["waive_approval"] == "skipped" and states["register"] == "success", states
 
     hitl = f"{_run_path(run_id)}/taskInstances/approve/-1/hitlDetails"
+    _parked(stack, run_id)
     detail = api.ok("GET", hitl)
     assert set(detail["options"]) == {"Approve", "Reject"}, detail
     answer = api.ok("PATCH", hitl, {"chosen_options": ["Approve"], "params_input": {"comment": APPROVAL_COMMENT}})
@@ -214,6 +232,7 @@ def test_rest_trigger_hitl_approval_and_bad_data(stack):
                       or run in ("failed", "success"), "second approval waiting", timeout=420)
     assert states["approve"] in ("deferred", "awaiting_input"), states
     hitl = f"{_run_path(rejected_run)}/taskInstances/approve/-1/hitlDetails"
+    _parked(stack, rejected_run)
     api.ok("PATCH", hitl, {"chosen_options": ["Reject"], "params_input": {"comment": REJECTION_COMMENT}})
     run_state, states = _wait(stack, rejected_run, lambda run, s: run in ("failed", "success"), "rejected run end",
                               timeout=240)
@@ -294,5 +313,6 @@ def test_mlflow_killed_mid_task_is_restarted_while_airflow_and_the_run_carry_on(
 
     # Leave no run waiting for a later test (max_active_runs=1): a person rejects this candidate.
     hitl = f"{_run_path(run_id)}/taskInstances/approve/-1/hitlDetails"
+    _parked(stack, run_id)
     api.ok("PATCH", hitl, {"chosen_options": ["Reject"], "params_input": {"comment": "e2e: MLflow restart check"}})
     _wait(stack, run_id, lambda run, s: run in ("failed", "success"), "rejected run end", timeout=240)
