@@ -103,8 +103,8 @@ def versions_of(name: str) -> list[str]:
     return sorted((str(v.version) for v in tracking.client().search_model_versions(f"name = '{name}'")), key=int)
 
 
-def tags_of(version: str) -> dict[str, str]:
-    return dict(tracking.client().get_model_version(MODEL, version).tags)
+def tags_of(version: str, name: str = MODEL) -> dict[str, str]:
+    return dict(tracking.client().get_model_version(name, version).tags)
 
 
 @pytest.fixture(scope="module")
@@ -560,12 +560,9 @@ def test_rollback_refuses_a_rejected_and_a_never_approved_version(store):
     with pytest.raises(StepFailed, match="a rejection is final"):
         registry.record_approval(rejected, decision="approved", by="erin", model_name=name)
     assert registry.alias_versions(name)["production"] == first
-    assert tags_of_model(name, rejected)["llmops.approval"] == "rejected"
+    assert tags_of(rejected, name)["llmops.approval"] == "rejected"
     assert "rolled_back" not in [e["action"] for e in registry.audit_events(name)]
 
-
-def tags_of_model(name: str, version: str) -> dict[str, str]:
-    return dict(tracking.client().get_model_version(name, version).tags)
 
 
 def test_a_waiver_needs_the_deployment_and_is_then_shown_everywhere(store, monkeypatch):
@@ -574,7 +571,7 @@ def test_a_waiver_needs_the_deployment_and_is_then_shown_everywhere(store, monke
     monkeypatch.delenv("LLMOPS_ALLOW_APPROVAL_WAIVER", raising=False)
     with pytest.raises(StepFailed, match="requires a human approval before production; set LLMOPS_ALLOW_APPROVAL_WAIVER"):
         registry.record_approval(version, decision="waived", by="auto (require_approval=false)", model_name=name)
-    assert "llmops.approval" not in tags_of_model(name, version)
+    assert "llmops.approval" not in tags_of(version, name)
 
     monkeypatch.setenv("LLMOPS_ALLOW_APPROVAL_WAIVER", "true")
     result = registry.record_approval(version, decision="waived", by="auto (require_approval=false)", model_name=name)
@@ -609,7 +606,7 @@ def test_a_non_standard_gate_needs_the_deployment_and_is_then_shown(store, monke
 
     monkeypatch.setenv("LLMOPS_ALLOW_GATE_OVERRIDE", "true")
     version = _registered(store, name, "a", gate_overrides=loosened)
-    tags = tags_of_model(name, version)
+    tags = tags_of(version, name)
     assert tags["llmops.gate_policy_standard"] == "false" and tags["llmops.gate_policy"] == "team-gate.yaml"
     assert json.loads(tags["llmops.gate_overrides"]) == loosened
     assert tags["llmops.exceptions"].startswith("non-standard gate policy: max_regression=0.5 (standard 0.02)")
