@@ -4,6 +4,12 @@
 `resolve_inputs -> validate -> eda -> split -> train -> evaluate -> gate -> register (staging)
 -> approve -> promote (production)`, then `close_mlflow_run` (always).
 
+Runs on its cron (`LLMOPS_RETRAIN_SCHEDULE`) or on new data, whichever comes first: a curated
+preference snapshot from `feedback_curation` (asset `llmops_preference_data`; the run trains on
+that snapshot unless `dataset_uri` is set) or a retrain request from `llm_monitoring` (asset
+`llmops_retrain_request`). `resolve_inputs` logs what started the run, and the registered version
+records it (tag `llmops.trigger`, with the snapshot's hash and feedback rows in its lineage).
+
 Each task runs one `llmops` step (in the worker, as a local subprocess, or in a GPU pod): the same
 command, outputs and MLflow step run as on the command line. Invalid data fails the run at
 `validate` (report, Data Docs and `quarantine.jsonl` in the task log and its MLflow run). A
@@ -31,15 +37,18 @@ import datetime
 import os
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, dag, task, teardown
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task, teardown
 
+from llmops_airflow.assets import PREFERENCE_DATA, RETRAIN_REQUEST, run_trigger
 from llmops_airflow.context import bind_run_context
 from llmops_airflow.operators import step_operator
 from llmops_airflow.steps import close_pipeline_run, run_step
 
 DAG_ID = "llm_retraining"
-# Cron for scheduled retraining; set LLMOPS_RETRAIN_SCHEDULE="none" to trigger only by hand.
+# Cron for scheduled retraining; set LLMOPS_RETRAIN_SCHEDULE="none" for no cron.
 SCHEDULE = os.environ.get("LLMOPS_RETRAIN_SCHEDULE", "0 3 * * 1")
+# Also retrain on each new curated snapshot and each monitoring retrain request (set "false" to not).
+ON_ASSETS = os.environ.get("LLMOPS_RETRAIN_ON_ASSETS", "true").strip().lower() not in ("false", "0", "no", "off")
 # method -> the split output it trains on. `reward` alone (a scorer, not a generator) is a CLI
 # method only; grpo/rloo train their reward model in the same task unless the reward_model Param names one.
 TRAIN_DATA_KEY = {"sft": "train_sft", "dpo": "train_preference", "kto": "train_preference",
@@ -64,12 +73,19 @@ def _gate_policy() -> str:
 
 
 def _schedule():
-    """The retraining cron as a trigger timetable with no start date: unpausing the DAG (the UI
-    ticks "unpause" when someone triggers it) waits for the next cron time instead of creating a
-    run for the latest past one ahead of the user's own run."""
-    if SCHEDULE.lower() == "none":
-        return None
-    return CronTriggerTimetable(SCHEDULE, timezone="UTC", run_immediately=False)
+    """New data or the cron, whichever comes first.
+
+    The assets: a curated preference snapshot (``feedback_curation``) or a retrain request
+    (``llm_monitoring``'s policy); ``LLMOPS_RETRAIN_ON_ASSETS=false`` leaves only the cron. The
+    cron is a trigger timetable with no start date: unpausing the DAG (the UI ticks "unpause"
+    when someone triggers it) waits for the next cron time instead of creating a run for the
+    latest past one ahead of the user's own run.
+    """
+    cron = None if SCHEDULE.lower() == "none" else CronTriggerTimetable(SCHEDULE, timezone="UTC", run_immediately=False)
+    if not ON_ASSETS:
+        return cron
+    assets = PREFERENCE_DATA | RETRAIN_REQUEST
+    return assets if cron is None else AssetOrTimeSchedule(timetable=cron, assets=assets)
 
 
 @dag(
@@ -82,8 +98,9 @@ def _schedule():
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=1)},
     params={
         "dataset_uri": Param("", type=OPTIONAL_TEXT, title="Preference data set",
-                             description="JSONL or Parquet URI with prompt/chosen/rejected rows. "
-                                         "Empty: the embedded sample data set."),
+                             description="JSONL or Parquet URI with prompt/chosen/rejected rows. Empty: the "
+                                         "curated snapshot whose asset event started this run, else the "
+                                         "embedded sample data set."),
         "eval_dataset_uri": Param("", type=OPTIONAL_TEXT, title="Held-out eval set",
                                   description="JSONL or Parquet URI of a fixed eval set (prompt, reference; with "
                                               "chosen/rejected also preference accuracy). When set, evaluate scores "
@@ -157,12 +174,22 @@ def _schedule():
 )
 def llm_retraining():
     @task(retries=0)  # a missing recipe or policy does not appear on a retry
-    def resolve_inputs(params=None) -> dict:
+    def resolve_inputs(params=None, **context) -> dict:
         """Decide each input once, by one rule: a form field set wins, else the recipe, else the
-        embedded default (sample data, tiny base model). The training settings the form sets go to
-        the train step as ``--set-json``, and nothing else: what the form leaves empty stays the
-        recipe's."""
+        embedded default (sample data, tiny base model). The data set: the form's, else the
+        snapshot of the asset event that started the run, else the sample. The training settings
+        the form sets go to the train step as ``--set-json``, and nothing else: what the form
+        leaves empty stays the recipe's."""
+        import logging
+
         bind_run_context()
+        trigger = run_trigger(context)
+        logging.getLogger(__name__).info("run started by %s", trigger["summary"])
+        snapshot = trigger["snapshot"] or {}
+        dataset = (params["dataset_uri"] or "").strip()
+        if dataset and snapshot:
+            logging.getLogger(__name__).info("dataset_uri %s wins over the triggering snapshot %s", dataset,
+                                             snapshot.get("uri"))
         from llmops_tasks.core import settings
         from llmops_tasks.core.config import load_yaml
         from llmops_tasks.local import bootstrap, samples
@@ -180,8 +207,13 @@ def llm_retraining():
         if (params.get("reward_model") or "").strip():
             train_settings["reward_model"] = params["reward_model"].strip()
         eval_settings = {"max_new_tokens": params["max_new_tokens"]} if params.get("max_new_tokens") else {}
+        from_snapshot = not dataset and bool(snapshot.get("uri"))
         return {
-            "dataset": params["dataset_uri"] or str(samples.ensure_sample_data()),
+            "dataset": dataset or snapshot.get("uri") or str(samples.ensure_sample_data()),
+            "trigger": trigger["summary"],
+            # The snapshot's manifest (lineage: its hash, how many rows came from feedback), when
+            # the data set is that snapshot.
+            "snapshot_manifest": str(snapshot.get("manifest") or "") if from_snapshot else "",
             "base_model": base_model,
             "recipe": recipe,
             "train_settings": train_settings,
@@ -277,11 +309,12 @@ def llm_retraining():
         raise AirflowFailException("\n".join([*explain(decision), f"report: {decision.get('report_path', '')}"]))
 
     @task
-    def register(train_result: dict, metrics: dict, validation: dict, ti=None) -> dict:
+    def register(train_result: dict, metrics: dict, validation: dict, inputs: dict, ti=None) -> dict:
         return run_step("registry", action="register", overrides={
             "train_result": train_result["result_file"], "metrics": metrics["metrics"],
             "decision": ti.xcom_pull(task_ids="gate", key="decision")["decision_path"],
-            "dataset_hash": validation["dataset_hash"], "validation": validation.get("report", "")})
+            "dataset_hash": validation["dataset_hash"], "validation": validation.get("report", ""),
+            "snapshot": inputs["snapshot_manifest"], "trigger": inputs["trigger"]})
 
     @task.branch
     def approval_route(params=None) -> str:
@@ -341,7 +374,7 @@ def llm_retraining():
     report >> train
     route_gate = gate(evaluate.output)
     rejected = candidate_rejected()
-    registered = register(train.output, evaluate.output, validation)
+    registered = register(train.output, evaluate.output, validation, inputs)
     route_gate >> [registered, rejected]
     route = approval_route()
     waived = waive_approval(registered)

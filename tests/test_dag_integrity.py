@@ -220,3 +220,47 @@ print(json.dumps({{"plugins": [p.name for p in plugins_manager._get_plugins()[0]
     heavy = sorted({m.split(".")[0] for m in report["modules"]} & set(HEAVY))
     assert heavy == [], f"the DAG processor with the llmops plugin loaded imports {heavy}"
     assert "llmops_airflow.approvals_app" not in report["modules"]
+
+
+def test_retraining_runs_on_new_data_or_its_cron(dagbag):
+    """A curated snapshot or a monitoring retrain request starts a retraining, as does the cron,
+    whichever comes first (the scheduler's serialized view)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.assets import AssetOrTimeSchedule
+
+    from llmops_airflow.assets import PREFERENCE_DATA, RETRAIN_REQUEST
+
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["llm_retraining"]))
+    timetable = scheduled.timetable
+    assert isinstance(timetable, AssetOrTimeSchedule)
+    names = {asset.name for _, asset in timetable.asset_condition.iter_assets()}
+    assert names == {PREFERENCE_DATA.name, RETRAIN_REQUEST.name}
+    assert "0 3 * * 1" in timetable.summary
+
+
+def test_run_trigger_names_the_snapshot_and_the_monitoring_reasons():
+    """What started a run, from its triggering asset events: the newest snapshot wins; monitoring's
+    reasons are named; without events the run type decides."""
+    import datetime
+    from types import SimpleNamespace
+
+    from llmops_airflow.assets import PREFERENCE_DATA, RETRAIN_REQUEST, run_trigger
+
+    t0 = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+
+    def event(extra, minutes):
+        return SimpleNamespace(extra=extra, timestamp=t0 + datetime.timedelta(minutes=minutes))
+
+    older = event({"uri": "/s/v0001/data.parquet", "content_hash": "a" * 64, "rows": 10, "feedback_rows": 0}, 0)
+    newer = event({"uri": "/s/v0002/data.parquet", "content_hash": "b" * 64, "rows": 14, "feedback_rows": 4,
+                   "manifest": "/s/v0002/manifest.json"}, 5)
+    request = event({"reasons": [{"signal": "input_drift.prompt_chars", "value": 0.4}], "model_version": "3",
+                     "window": "24h"}, 6)
+    trigger = run_trigger({"triggering_asset_events": {PREFERENCE_DATA: [newer, older], RETRAIN_REQUEST: [request]}})
+    assert trigger["kind"] == "asset" and trigger["snapshot"]["uri"] == "/s/v0002/data.parquet"
+    assert "bbbbbbbbbbbb" in trigger["summary"] and "4 from feedback" in trigger["summary"]
+    assert "input_drift.prompt_chars" in trigger["summary"] and "v3" in trigger["summary"]
+    scheduled = run_trigger({"dag_run": SimpleNamespace(run_type=SimpleNamespace(value="scheduled"))})
+    assert scheduled == {"kind": "schedule", "snapshot": None, "retrain_requests": [],
+                         "summary": "the retraining schedule"}
+    assert run_trigger({})["kind"] == "manual"

@@ -290,3 +290,22 @@ def test_the_card_names_the_tokenization_and_what_could_not_be_measured():
     assert line.startswith("Tokenization: BLEU zh, ROUGE char (script Han, detected).")
     assert "**bleu not measured**: no reference has a token under 13a." in line
     assert _tokenization_line({}) == "Tokenization: not recorded (sacrebleu 13a, rouge\\_score default)."
+
+
+def test_a_version_trained_on_a_curated_snapshot_says_how_much_came_from_feedback(tmp_path):
+    """Lineage from the snapshot's manifest (the registry reads it), then the card's lines."""
+    from llmops_tasks.core import data
+    from llmops_tasks.registry import _snapshot_lineage
+
+    manifest = tmp_path / "manifest.json"
+    data.write_json(str(manifest), {"version": "v0002-bbbbbbbbbbbb", "uri": str(tmp_path / "data.parquet"),
+                                    "content_hash": "b" * 64, "rows": 140, "feedback_rows": 12})
+    lineage = _snapshot_lineage(str(manifest))
+    assert lineage["llmops.data_snapshot_hash"] == "b" * 64
+    assert lineage["llmops.data_snapshot_feedback_rows"] == "12" and lineage["llmops.data_snapshot_rows"] == "140"
+    assert _snapshot_lineage("") == {}
+    text = card(lineage={**LINEAGE, **lineage, "llmops.trigger": "new preference snapshot (12 from feedback)"})
+    assert "curated preference snapshot `v0002-bbbbbbbbbbbb`" in text
+    assert "140 rows, 12 of them from production feedback" in text
+    assert "started by: new preference snapshot" in text
+    assert "curated preference snapshot" not in card()

@@ -185,6 +185,10 @@ class RegisterConfig(RegistryConfig):
     decision: str = field("", path="input", help="gate step's decision.json; a candidate that failed its gate is never registered")
     dataset_hash: str = field("", help="content hash of the validated data set (lineage)")
     validation: str = field("", path="input", help="validate step's validation.json: data snapshot size and findings for the model card")
+    snapshot: str = field("", path="input", help="manifest.json of the curated preference snapshot the data set is "
+                          "(lineage: its content hash, rows, rows from feedback); empty: not a curated snapshot")
+    trigger: str = field("", help="what started the pipeline run (a schedule, a person, a snapshot or a monitoring "
+                         "retrain request), recorded on the version")
     input_example: Literal["auto", "true", "false"] = field(
         "auto", help="log an input example (MLflow then loads and runs the model once); auto: below 1 GiB of weights")
     intended_use: str = field(modelcard.INTENDED_USE, help="model card: what the model is for")
@@ -254,12 +258,28 @@ def _lineage(train: dict, metrics: dict, decision: dict, validation: dict | None
         "llmops.gate_policy": decision.get("policy_file") or decision.get("standard_policy_file") or "",
         "llmops.gate_policy_standard": str(bool(decision.get("policy_standard", True))).lower(),
         "llmops.gate_overrides": json.dumps(decision.get("overrides") or {}, sort_keys=True),
+        **_snapshot_lineage(config.snapshot),
+        "llmops.trigger": config.trigger,
         "llmops.champion": metrics.get("champion_label", ""),
         "llmops.champion_version": metrics.get("champion_version", ""),
         **{f"metric.{k}": str(round(float(v), 6)) for k, v in candidate.items() if isinstance(v, (int, float))},
     }
     lineage["llmops.exceptions"] = "; ".join(rules.exceptions(lineage))
     return {k: str(v) for k, v in lineage.items()}
+
+
+def _snapshot_lineage(manifest_path: str) -> dict[str, str]:
+    """Tags naming the curated snapshot a version was trained on (none when it was not one)."""
+    if not manifest_path:
+        return {}
+    manifest = data.read_json(manifest_path)
+    return {
+        "llmops.data_snapshot": str(manifest.get("uri") or manifest.get("data") or manifest_path),
+        "llmops.data_snapshot_version": str(manifest.get("version", "")),
+        "llmops.data_snapshot_hash": str(manifest.get("content_hash", "")),
+        "llmops.data_snapshot_rows": str(manifest.get("rows", "")),
+        "llmops.data_snapshot_feedback_rows": str(manifest.get("feedback_rows", "")),
+    }
 
 
 def _train_parameters(train: dict, mlflow_client) -> dict[str, str]:

@@ -251,6 +251,21 @@ def governance_section(tags: dict) -> list[str]:
     return lines
 
 
+def _snapshot_lines(lineage: dict[str, str]) -> list[str]:
+    """Where the data came from: the curated snapshot (and how much of it is users' feedback), and
+    what started the run."""
+    lines = []
+    if lineage.get("llmops.data_snapshot"):
+        lines.append(
+            f"- curated preference snapshot {code_span(lineage.get('llmops.data_snapshot_version') or lineage['llmops.data_snapshot'])}"
+            f" (content hash {code_span(lineage.get('llmops.data_snapshot_hash', '') or 'unknown')}): "
+            f"{md_text(lineage.get('llmops.data_snapshot_rows', '?'))} rows, "
+            f"{md_text(lineage.get('llmops.data_snapshot_feedback_rows', '?'))} of them from production feedback")
+    if lineage.get("llmops.trigger"):
+        lines.append(f"- started by: {md_text(lineage['llmops.trigger'])}")
+    return lines
+
+
 def render(*, model_name: str, version: str, train: dict, metrics: dict, decision: dict,
            validation: dict | None, lineage: dict[str, str], hyperparameters: dict[str, Any],
            intended_use: str = INTENDED_USE, limitations: str = LIMITATIONS) -> str:
@@ -278,6 +293,7 @@ def render(*, model_name: str, version: str, train: dict, metrics: dict, decisio
         (f"- resolved config: {code_span(lineage.get('llmops.config_hash', ''))}; package "
          f"{md_text(lineage.get('llmops.package_version', ''))}, "
          f"code revision {md_text(lineage.get('llmops.code_revision') or 'unknown')}"),
+        *_snapshot_lines(lineage),
         f"- DAG run: {code_span(lineage.get('llmops.source_run', ''))}",
         "",
         "## Training",
