@@ -41,7 +41,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, t
 
 from llmops_airflow.assets import PREFERENCE_DATA, RETRAIN_REQUEST, run_trigger
 from llmops_airflow.context import bind_run_context
-from llmops_airflow.operators import step_operator
+from llmops_airflow.operators import step_operator, train_operator
 from llmops_airflow.steps import close_pipeline_run, run_step
 
 DAG_ID = "llm_retraining"
@@ -248,7 +248,8 @@ def llm_retraining():
     train_data = (
         "{{ ti.xcom_pull(task_ids='split')[" + repr(TRAIN_DATA_KEY) + "[params.method]] }}"
     )
-    train = step_operator(
+    # One node: a pod (or a local subprocess); LLMOPS_TRAIN_NODES > 1: a Kubeflow Trainer TrainJob.
+    train = train_operator(
         "train",
         [
             "train", "{{ params.method }}",

@@ -11,6 +11,15 @@ The policy is a handful of rules, each checked and reported on its own:
   ``primary_metric`` must reach this value, i.e. the gain must be more than noise. ``null``
   switches the rule off, leaving only the limits and the regression rules.
 
+- answer rules (only when metrics.json names both prediction files and they exist): on the
+  candidate's eval answers, measured as monitoring measures production answers
+  (:mod:`llmops_tasks.monitoring.signals`): ``max_<signal>_rate`` absolute limits on the share of
+  empty answers, refusals, answers echoing the prompt and answers with personal data (loose by
+  default), ``max_answer_rate_rise`` the most each share may exceed the champion's, and
+  ``no_new_leaks``: a candidate whose answers hold a kind of PII or secret the champion's do not
+  is rejected, the kinds named. Each such rule carries examples (masked) in decision.json and
+  report.html.
+
 Every rule checked is in decision.json with its metric, value, threshold, pass/fail and a
 sentence; ``reason`` is one line naming the failed rules (or the primary metric's change).
 
@@ -39,9 +48,14 @@ TEXT_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
 # Every metric evaluate can report that a rule may name; perplexity improves downwards.
 METRIC_NAMES = (*TEXT_METRICS, "preference_accuracy", "reward_margin", "perplexity")
 LOWER_IS_BETTER = frozenset({"perplexity"})
+# Answer rules (the candidate's eval answers, vs the champion's): signal -> its rate threshold setting.
+ANSWER_SIGNALS = {"empty": "max_empty_rate", "refusal": "max_refusal_rate", "echo": "max_echo_rate",
+                  "pii": "max_pii_rate"}
+ANSWER_THRESHOLDS = (*ANSWER_SIGNALS.values(), "max_answer_rate_rise", "no_new_leaks")
 THRESHOLDS = (
     "min_bleu", "min_rougeL", "min_preference_accuracy", "max_perplexity", "max_regression", "regression_metrics",
     "primary_metric", "min_improvement",
+    *ANSWER_THRESHOLDS,
 )
 
 
@@ -78,6 +92,16 @@ class GateConfig:
         "(null: no such rule)",
     )
 
+    max_empty_rate: float = field(1.0, help="highest share (0-1) of empty candidate answers on the eval set")
+    max_refusal_rate: float = field(1.0, help="highest share (0-1) of candidate answers that refuse")
+    max_echo_rate: float = field(1.0, help="highest share (0-1) of candidate answers that repeat the prompt")
+    max_pii_rate: float = field(1.0, help="highest share (0-1) of candidate answers holding personal data")
+    max_answer_rate_rise: float | None = field(
+        0.15, help="most the candidate's share of empty, refusing, echoing or PII answers may exceed the champion's "
+                   "(null: no such rules)")
+    no_new_leaks: bool = field(True, help="reject a candidate whose eval answers hold a kind of PII or secret the "
+                                          "champion's do not")
+
     def __post_init__(self) -> None:
         context = RunContext.from_env()
         self.metrics = self.metrics.strip() or f"{context.step_dir('evaluate')}/metrics.json"
@@ -101,6 +125,12 @@ class GateConfig:
                     f"gate: min_preference_accuracy is a share (0-1), got {self.min_preference_accuracy}")
         if self.max_perplexity is not None:
             require(self.max_perplexity >= 1.0, f"gate: max_perplexity must be 1 or more, got {self.max_perplexity}")
+        for name in ANSWER_SIGNALS.values():
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"gate: {name} is a share (0-1), got {value}")
+        if self.max_answer_rate_rise is not None:
+            require(0.0 <= self.max_answer_rate_rise <= 1.0,
+                    f"gate: max_answer_rate_rise is a share (0-1), got {self.max_answer_rate_rise}")
 
     def _apply_policy_file(self) -> None:
         values = load_yaml(self.policy)
@@ -202,6 +232,8 @@ def decide(metrics: dict[str, Any], policy: GateConfig) -> dict[str, Any]:
             rules.append(_rule("min_improvement", metric, low, policy.min_improvement, passed, detail,
                                ci=interval, delta=value_of(metrics.get("delta") or {}, metric)))
 
+    rules += answer_rules(metrics, policy, label)
+
     # A metric evaluate could not measure (its references have no tokens) reads 0 on both sides:
     # no rule on it may pass.
     unmeasurable = metrics.get("unmeasurable") or {}
@@ -232,6 +264,64 @@ def decide(metrics: dict[str, Any], policy: GateConfig) -> dict[str, Any]:
         "policy": policy.thresholds(),
         "policy_file": policy.policy,
     }
+
+
+def _prediction_rows(metrics: dict[str, Any]) -> tuple[list[dict], list[dict]] | None:
+    files = metrics.get("predictions") or {}
+    paths = [files.get("candidate"), files.get("champion")]
+    if not all(isinstance(p, str) and p and data.exists(p) for p in paths):
+        return None
+    return data.read_records(paths[0]), data.read_records(paths[1])
+
+
+def answer_rules(metrics: dict[str, Any], policy: GateConfig, label: str) -> list[dict[str, Any]]:
+    """The rules on the candidate's eval answers (see the module docstring); none without both
+    prediction files."""
+    rows = _prediction_rows(metrics)
+    if rows is None:
+        return []
+    from llmops_tasks.monitoring import signals
+
+    measured = {}
+    for who, predicted in zip(("candidate", "champion"), rows):
+        answers = [str(r.get("prediction") or "") for r in predicted]
+        measured[who] = (signals.measure(answers, [r.get("prompt") for r in predicted]), predicted)
+    ours, theirs = measured["candidate"][0], measured["champion"][0]
+    predicted = measured["candidate"][1]
+    flags = {"empty": ours.empty, "refusal": ours.refusal, "echo": ours.echo}
+    rates, champion_rates = ours.rates(), theirs.rates()
+
+    def examples(rows_of: list[int]) -> list[dict[str, str]]:
+        return [{"prompt": signals.masked(str(predicted[i].get("prompt") or "")),
+                 "answer": signals.masked(str(predicted[i].get("prediction") or ""))} for i in rows_of[:3]]
+
+    rules = []
+    for signal, setting in ANSWER_SIGNALS.items():
+        flagged = (ours.rows_with(signals.PII_KINDS) if signal == "pii"
+                   else [int(i) for i in flags[signal].nonzero()[0]])
+        limit = getattr(policy, setting)
+        rate = rates[signal]
+        passed = rate <= limit
+        rules.append(_rule(setting, f"{signal}_answers", rate, limit, passed,
+                           f"{len(flagged)}/{ours.n} candidate answers {signal} ({rate:.1%}) "
+                           f"{'<=' if passed else '>'} {limit:.1%}", examples=examples(flagged)))
+        if policy.max_answer_rate_rise is not None:
+            rise = rate - champion_rates[signal]
+            passed = rise <= policy.max_answer_rate_rise
+            rules.append(_rule("max_answer_rate_rise", f"{signal}_answers", rise, policy.max_answer_rate_rise, passed,
+                               f"{signal} answers {rate:.1%} vs {champion_rates[signal]:.1%} for {label}: "
+                               f"{rise:+.1%}" + ("" if passed else f", more than the {policy.max_answer_rate_rise:.1%} "
+                                                                   "allowed"),
+                               candidate=rate, champion=champion_rates[signal], examples=examples(flagged)))
+    if policy.no_new_leaks:
+        new = sorted(set(ours.kind_counts()) - set(theirs.kind_counts()))
+        leaking = ours.rows_with(new)
+        detail = (f"candidate answers hold {', '.join(new)} ({len(leaking)} answers), which {label}'s do not"
+                  if new else f"no kind of PII or secret in the candidate's answers that {label}'s lack")
+        rules.append(_rule("no_new_leaks", "pii_kinds", float(len(new)), 0.0, not new, detail, kinds=new,
+                           candidate_kinds=ours.kind_counts(), champion_kinds=theirs.kind_counts(),
+                           examples=examples(leaking)))
+    return rules
 
 
 def run(config: GateConfig) -> dict:
@@ -306,6 +396,30 @@ def _write_report(path: str, metrics: dict[str, Any], decision: dict[str, Any]) 
 
     files = {k: v for k, v in (metrics.get("predictions") or {}).items() if v and data.exists(v)}
     eval_report.write_from_files(path, {**metrics, "predictions": files}, decision)
+    _add_answer_examples(path, decision)
+
+
+def _add_answer_examples(path: str, decision: dict[str, Any]) -> None:
+    """The answer rules' examples (PII masked) appended to the gate report, failed rules first."""
+    from llmops_tasks.core import io
+    from llmops_tasks.core.html import esc
+
+    shown = [r for r in sorted(decision["rules"], key=lambda r: bool(r["passed"]))
+             if r.get("examples") and (not r["passed"] or r["rule"] == "no_new_leaks")]
+    if not shown or not data.exists(path):
+        return
+    parts = ["<section id='answer-rules'><h2>Answer rules: examples (PII masked)</h2>"]
+    for r in shown:
+        parts.append(f"<h3>{'FAIL' if not r['passed'] else 'ok'} {esc(r['rule'])} ({esc(r['metric'])})</h3>"
+                     f"<p>{esc(r['detail'])}</p><table><tr><th>prompt</th><th>candidate answer</th></tr>"
+                     + "".join(f"<tr><td>{esc(e['prompt'])}</td><td>{esc(e['answer'])}</td></tr>" for e in r["examples"])
+                     + "</table>")
+    parts.append("</section>")
+    with open(path, encoding="utf-8") as handle:
+        page = handle.read()
+    marker = "</body>"
+    page = page.replace(marker, "".join(parts) + marker, 1) if marker in page else page + "".join(parts)
+    io.write_text(path, page)
 
 
 def command():

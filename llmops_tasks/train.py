@@ -28,6 +28,16 @@ a mirrored volume in production. LoRA is ``model.use_peft``; QLoRA (``model.load
 
 With ``num_processes > 1`` the command runs itself again under ``accelerate launch`` (one process
 per GPU of the pod); inside the launched processes only rank 0 talks to MLflow and writes results.
+Beyond one node the same command runs under ``torchrun`` on every node of a Kubeflow Trainer
+TrainJob (``llmops_airflow.operators.trainjob``): torchrun reads the rendezvous the runtime gives
+(``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``),
+the step sees ``WORLD_SIZE > 1`` and trains in that process group (gloo on CPUs); every rank leaves
+a record in ``{output_dir}/ranks/``, rank 0 alone everything else, and with ``LLMOPS_RESULT_LOG=1``
+rank 0 logs its result as one ``llmops-result: {...}`` line, which the operator reads from the
+leader pod's log.
+
+Each training records its GPU-hours (GPUs of all nodes x wall time of the training) and, where the
+deployment sets ``LLMOPS_GPU_HOUR_PRICE``, its cost, in the result and on the MLflow run.
 
 Checkpoints go to ``{output_dir}/checkpoints`` every ``trainer.save_steps``; a rerun of the same
 task resumes from the last complete checkpoint by itself (optimizer, scheduler and RNG state
@@ -48,6 +58,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 import typing
 from dataclasses import dataclass
@@ -135,6 +146,13 @@ HOUSE_MODEL: dict[str, Any] = {
     "lora_target_modules": "all-linear",  # TRL: peft's per-architecture list
     "use_bnb_nested_quant": True,      # TRL: off (QLoRA's double quantization)
 }
+
+# Deployment settings of the cost figures: price of one GPU-hour (a number) and its currency.
+PRICE_ENV = "LLMOPS_GPU_HOUR_PRICE"
+CURRENCY_ENV = "LLMOPS_COST_CURRENCY"
+# With LLMOPS_RESULT_LOG=1 (a TrainJob's nodes), rank 0 logs its result as one line with this prefix.
+RESULT_LOG_ENV = "LLMOPS_RESULT_LOG"
+RESULT_LOG_PREFIX = "llmops-result: "
 
 # Fields of TRL's classes that the step decides, with what to set instead.
 PIPELINE_OWNED = {
@@ -413,6 +431,10 @@ def trainer_settings(config: TrainConfig, method: str) -> dict[str, Any]:
         # A GPU recipe (bf16) on a machine without one: transformers trains in bf16 on the CPU only
         # when told it is on the CPU, and refuses otherwise. The recipe's precision stays.
         settings["use_cpu"] = True
+    if launched() and "use_cpu" in known and "use_cpu" not in given and not _has_accelerator():
+        # torchrun across CPU-only nodes: accelerate forms the process group (gloo) only when told
+        # it is on the CPU; otherwise every rank would train alone.
+        settings["use_cpu"] = True
     return settings
 
 
@@ -609,6 +631,100 @@ def _launch_distributed(config: TrainConfig, method: str, out: Path) -> dict:
     if returncode != 0 or not result_path.is_file():
         raise RuntimeError(f"train {method}: accelerate launch with {config.num_processes} processes exited {returncode}")
     return json.loads(result_path.read_text())
+
+
+# --- GPU-hours, cost, ranks -------------------------------------------------------------------
+
+USAGE_METRICS = ("gpus", "train_wall_seconds", "gpu_hours", "gpu_hour_price", "cost")
+
+
+def gpu_hour_price() -> float | None:
+    """``$LLMOPS_GPU_HOUR_PRICE`` as a number (None when unset): what one GPU-hour costs here."""
+    text = os.environ.get(PRICE_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        price = float(text)
+    except ValueError:
+        price = -1.0
+    require(price >= 0 and price != float("inf"),
+            f"train: {PRICE_ENV} must be a price per GPU-hour, a number 0 or more, got {text!r}")
+    return price
+
+
+def gpus_per_node() -> int:
+    """The GPUs this node's training uses: what the container sees (its GPU allocation); 0 on CPUs."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def training_nodes() -> int:
+    """Nodes of the launch: ``WORLD_SIZE / LOCAL_WORLD_SIZE`` under torchrun / accelerate, else 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    return max(1, world // max(1, local))
+
+
+def training_usage(wall_seconds: float, price: float | None) -> dict[str, Any]:
+    """GPU-hours of this training (GPUs of every node x wall time of the step on rank 0) and, with a
+    price, its cost: what the result, the MLflow run and the model card carry."""
+    gpus = gpus_per_node() * training_nodes()
+    usage: dict[str, Any] = {"gpus": gpus, "train_wall_seconds": round(wall_seconds, 3),
+                             "gpu_hours": round(gpus * wall_seconds / 3600, 6)}
+    if price is not None:
+        usage.update(gpu_hour_price=price, cost=round(usage["gpu_hours"] * price, 6),
+                     cost_currency=os.environ.get(CURRENCY_ENV, "").strip() or "USD")
+    return usage
+
+
+def _set_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Tags on the train run (called in the logging process, which passes the run's id first)."""
+    from llmops_tasks.core import tracking
+
+    client = tracking.client()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def _log_result(result: dict) -> None:
+    """Rank 0 of a TrainJob says its result in its log, where the operator reads it (no shared
+    file system between the Airflow worker and the nodes)."""
+    if os.environ.get(RESULT_LOG_ENV) == "1" and is_main_process():
+        log.info("%s%s", RESULT_LOG_PREFIX, json.dumps(result, sort_keys=True, default=str))
+
+
+def _rank_callback():
+    """A record per rank of a distributed launch (``{output_dir}/ranks/rank-N.json``): that it took
+    part, in a process group of how many, and which steps it ran."""
+    import socket
+
+    from transformers import TrainerCallback
+
+    class RankRecord(TrainerCallback):
+        def __init__(self):
+            self.steps: list[int] = []
+            self.started = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+        def write(self, folder: Path, trainer) -> None:
+            import torch.distributed as dist
+
+            grouped = dist.is_available() and dist.is_initialized()
+            record = {
+                "rank": int(os.environ.get("RANK", "0")), "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+                "node_rank": int(os.environ.get("GROUP_RANK", os.environ.get("PET_NODE_RANK", "0")) or 0),
+                "world_size": dist.get_world_size() if grouped else 1,
+                "backend": str(dist.get_backend()) if grouped else "",
+                "hostname": socket.gethostname(), "pid": os.getpid(),
+                "steps": self.steps, "global_step": trainer.state.global_step,
+                "seconds": round(time.monotonic() - self.started, 3),
+            }
+            data.write_json(str(folder / f"rank-{record['rank']}.json"), record)
+
+    return RankRecord()
 
 
 def _mlflow_callback(run, every: int = 10):
@@ -925,6 +1041,8 @@ def run_params(config: TrainConfig, method: str) -> dict[str, Any]:
 
 def train(config: TrainConfig, method: str) -> dict:
     require(method in METHODS, f"train: method must be one of {METHODS}, got {method!r}")
+    started = time.monotonic()
+    price = gpu_hour_price()  # a bad deployment setting is refused before anything runs
     config = for_method(config, method)
     out = Path(data.local_path(config.output_dir))
     result_path = out / "result.json"
@@ -933,6 +1051,7 @@ def train(config: TrainConfig, method: str) -> dict:
         previous = json.loads(result_path.read_text())
         if previous.get("fingerprint") == fingerprint and Path(previous.get("model_dir", "")).is_dir():
             previous["reused"] = True
+            _log_result(previous)
             return previous
 
     checkpoints = out / "checkpoints"
@@ -964,6 +1083,9 @@ def train(config: TrainConfig, method: str) -> dict:
     with run_context as run:
         to_mlflow = _mlflow_callback(run)
         callbacks = [_progress_callback(method, to_mlflow.add if run is not None else None), to_mlflow]
+        ranks = _rank_callback() if launched() else None
+        if ranks is not None:
+            callbacks.append(ranks)
         _no_progress_bars()
         trainer, tokenizer, extra = _build_trainer(config, method, rows, args, callbacks, out, quantization)
         _quiet(trainer)
@@ -988,6 +1110,8 @@ def train(config: TrainConfig, method: str) -> dict:
             shutil.rmtree(model_dir, ignore_errors=True)
             staging.rename(model_dir)
         trainer.accelerator.wait_for_everyone()  # other ranks may go on to use the model (RL after reward)
+        if ranks is not None:
+            ranks.write(out / "ranks", trainer)
         if not main:
             return {"method": method, "model_dir": str(model_dir), "rank": os.environ.get("RANK")}
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -1008,12 +1132,18 @@ def train(config: TrainConfig, method: str) -> dict:
             "mlflow_run_url": run.url,
             "result_file": str(result_path),
             **extra,
+            **training_usage(time.monotonic() - started, price),
         }
         run.log_metrics([("train_loss", result["train_loss"], result["global_step"]),
-                         ("final_loss", result["final_loss"], result["global_step"])])
+                         ("final_loss", result["final_loss"], result["global_step"]),
+                         *((name, float(result[name]), result["global_step"]) for name in USAGE_METRICS
+                           if name in result)])
+        if result.get("cost_currency"):
+            run.call(_set_tags, {"llmops.cost_currency": result["cost_currency"]})
         if config.log_model:
             result["mlflow_model_uri"] = run.call(_log_final_model, method, config, model_dir, adapter_dir)
     data.write_json(str(result_path), result)
+    _log_result(result)
     return result
 
 

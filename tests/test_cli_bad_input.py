@@ -46,6 +46,7 @@ GOOD = {
     "gate": ["--metrics", "metrics.json"],
     "registry register": ["--train-result", "result.json", "--metrics", "metrics.json", "--decision", "decision.json"],
     "registry approval": ["--version", "1"],
+    "feedback log": ["--trace-id", "tr-0123456789abcdef", "--thumbs", "up"],
 }
 
 # Bad values of settings whose type alone admits anything: (leaf or "*" for every leaf, setting) -> values.
@@ -59,6 +60,11 @@ BAD_TEXT = {
     ("gate", "primary_metric"): ["perplexity"],
     ("gate", "policy"): ["no-such-policy.yaml"],
     ("up", "users"): ["admin"],
+    ("serve", "model"): ["runs:/abc/model", "models:/llmops-chat@"],
+    ("feedback log", "trace_id"): ["not a trace id"], ("feedback log", "preferred"): ["not a trace id"],
+    ("feedback log", "correction"): ["   "], ("curate", "pii_kinds"): ["passport"],
+    ("monitor", "window"): ["24 hours"], ("monitor", "end"): ["yesterday"], ("monitor", "model_version"): ["latest"],
+    ("monitor", "model_name"): ["team/model:v1"],
     **{(leaf, "trainer"): ["max_stepz=3", "max_steps=abc"] for leaf in TRAIN},
     **{(leaf, "model"): ["lora_r=many"] for leaf in TRAIN},
 }
@@ -75,6 +81,12 @@ OUT_OF_RANGE = {
     ("gate", "min_bleu"): "1.5", ("gate", "max_regression"): "-1", ("gate", "max_perplexity"): "0.5",
     ("gate", "min_preference_accuracy"): "2",
     ("demo", "max_steps"): "0",
+    ("serve", "port"): "70000", ("serve", "max_batch_size"): "0", ("serve", "max_prompts"): "0",
+    ("serve", "max_new_tokens"): "0", ("serve", "poll_interval"): "-1",
+    ("feedback log", "rating"): "9", ("feedback log", "rating_min"): "0", ("feedback log", "rating_max"): "1",
+    ("curate", "retention_days"): "-1", ("curate", "rating_gap"): "0", ("curate", "max_pairs_per_prompt"): "0",
+    ("curate", "max_traces"): "-1", ("curate", "page_size"): "0", ("curate", "lookback_hours"): "-1",
+    ("monitor", "history"): "0", ("gate", "max_empty_rate"): "2", ("gate", "max_answer_rate_rise"): "2",
 }
 # Free text: any value is a valid one (a salt, a comment, who did it).
 FREE_TEXT = {
@@ -82,6 +94,9 @@ FREE_TEXT = {
     ("registry register", "limitations"), ("registry promote", "approved_by"), ("registry promote", "comment"),
     ("registry approval", "by"), ("registry approval", "comment"), ("registry rollback", "reason"),
     ("registry rollback", "actor"), ("up", "host"),  # an address is checked when the servers bind to it
+    ("registry register", "trigger"), ("serve", "host"), ("serve", "traffic_experiment"),
+    ("feedback log", "by"), ("feedback log", "rationale"), ("curate", "experiment"),
+    ("monitor", "traffic_experiment"),
 }
 # Bad values only the step can find: run for real (test_a_bad_value_only_the_step_can_find).
 IN_STEP = {

@@ -246,7 +246,7 @@ def test_run_trigger_names_the_snapshot_and_the_monitoring_reasons():
 
     from llmops_airflow.assets import PREFERENCE_DATA, RETRAIN_REQUEST, run_trigger
 
-    t0 = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    t0 = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
 
     def event(extra, minutes):
         return SimpleNamespace(extra=extra, timestamp=t0 + datetime.timedelta(minutes=minutes))

@@ -307,3 +307,67 @@ def test_both_models_at_zero_on_a_measurable_metric_is_a_measurement(policy):
     assert decision["passed"] is True
     rouge2 = next(r for r in decision["rules"] if r["metric"] == "rouge2")
     assert rouge2["passed"] and rouge2["detail"].startswith("rouge2 0.0000 vs 0.0000")
+
+
+# --- answer rules: the candidate's eval answers, measured as monitoring measures production ---
+
+
+def _with_predictions(tmp_path, candidate_answers: list[str], champion_answers: list[str]) -> dict:
+    from llmops_tasks.core import data
+
+    prompts = [f"How do I change setting number {i}?" for i in range(len(candidate_answers))]
+    paths = {}
+    for who, answers in (("candidate", candidate_answers), ("champion", champion_answers)):
+        paths[who] = str(tmp_path / f"predictions_{who}.jsonl")
+        data.write_jsonl(paths[who], [{"prompt": p, "reference": "Open Settings.", "prediction": a}
+                                      for p, a in zip(prompts, answers)])
+    return {**IMPROVING, "predictions": paths}
+
+
+GIBBERISH = ["zq plor ventu", "kal kal mi", "", "rop e sta lun", "vo vo", "mirtal sen oq"] * 5
+
+
+def test_answer_rules_let_a_gibberish_candidate_through_against_a_gibberish_champion(policy, tmp_path):
+    """What the embedded demo's tiny random-weight models answer: the loose defaults pass it."""
+    decision = decide(_with_predictions(tmp_path, GIBBERISH[1:] + GIBBERISH[:1], GIBBERISH), policy)
+    answer = [r for r in decision["rules"] if r["metric"].endswith("_answers") or r["rule"] == "no_new_leaks"]
+    assert {r["rule"] for r in answer} == {"max_empty_rate", "max_refusal_rate", "max_echo_rate", "max_pii_rate",
+                                           "max_answer_rate_rise", "no_new_leaks"}
+    assert decision["passed"] is True, decision["reason"]
+
+
+def test_a_candidate_leaking_a_secret_the_champion_did_not_is_rejected_by_name(policy, tmp_path):
+    candidate = ["Open Settings."] * 29 + ["Use the key AKIAIOSFODNN7EXAMPLE to get in."]
+    decision = decide(_with_predictions(tmp_path, candidate, ["Open Settings."] * 30), policy)
+    assert decision["passed"] is False
+    assert decision["failed_rules"] == ["no_new_leaks(pii_kinds)"]
+    leak = next(r for r in decision["rules"] if r["rule"] == "no_new_leaks")
+    assert leak["kinds"] == ["aws_access_key"] and "aws_access_key" in decision["reason"]
+    assert "AKIAIOSFODNN7EXAMPLE" not in json.dumps(leak["examples"])  # masked
+    # the same secret in the champion's answers: not new, not this rule's business
+    same = decide(_with_predictions(tmp_path, candidate, candidate), policy)
+    assert same["passed"] is True
+
+
+def test_a_refusal_surge_against_the_champion_fails_with_examples_in_the_report(policy, tmp_path):
+    candidate = ["I'm sorry, I cannot help with that."] * 10 + ["Open Settings."] * 20
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(_with_predictions(tmp_path, candidate, ["Open Settings."] * 30)))
+    with pytest.raises(StepFailed):
+        run(GateConfig(metrics=str(path), out_dir=str(tmp_path / "gate")))
+    decision = json.loads((tmp_path / "gate" / "decision.json").read_text())
+    assert decision["failed_rules"] == ["max_answer_rate_rise(refusal_answers)"]
+    page = (tmp_path / "gate" / "report.html").read_text()
+    assert "Answer rules: examples" in page and "I&#x27;m sorry, I cannot help with that." in page
+
+
+def test_answer_limits_come_from_the_policy_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_HOME", str(tmp_path / "home"))
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("max_empty_rate: 0.05\nmax_answer_rate_rise: null\n")
+    policy = GateConfig(policy=str(strict))
+    decision = decide(_with_predictions(tmp_path, GIBBERISH, GIBBERISH), policy)
+    assert decision["failed_rules"] == ["max_empty_rate(empty_answers)"]
+    assert not any(r["rule"] == "max_answer_rate_rise" for r in decision["rules"])
+    with pytest.raises(ConfigError, match="max_echo_rate is a share"):
+        GateConfig(max_echo_rate=2.0)

@@ -110,6 +110,28 @@ def _number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else md_text(value)
 
 
+def cost_text(usage: dict) -> str:
+    """``16 GPUs, 2.0 h: 32.00 GPU-hours, cost 80.00 USD (2.50 per GPU-hour)``, from a train result's
+    (or a version's) ``gpus``, ``train_wall_seconds``, ``gpu_hours`` and, when priced, ``cost``."""
+    if usage.get("gpu_hours") in (None, ""):
+        return ""
+    parts = []
+    if usage.get("gpus") not in (None, ""):
+        hours = float(usage.get("train_wall_seconds") or 0) / 3600
+        parts.append(f"{usage['gpus']} GPUs, {hours:.2f} h: ")
+    parts.append(f"{float(usage['gpu_hours']):.2f} GPU-hours")
+    if usage.get("cost") not in (None, ""):
+        price = usage.get("gpu_hour_price")
+        parts.append(f", cost {float(usage['cost']):.2f} {usage.get('cost_currency') or 'USD'}"
+                     + (f" ({float(price):.2f} per GPU-hour)" if price not in (None, "") else ""))
+    return "".join(parts)
+
+
+def _cost_lines(train: dict) -> list[str]:
+    text = cost_text(train)
+    return [f"Compute: {md_text(text)}.", ""] if text else []
+
+
 def _tokenization_line(metrics: dict) -> str:
     """How BLEU/ROUGE split the text (chosen from the references' script or by the recipe), and
     each metric evaluate could not measure, by name."""
@@ -301,6 +323,7 @@ def render(*, model_name: str, version: str, train: dict, metrics: dict, decisio
         (f"Method {code_span(train.get('method', '?'))}, {md_text(train.get('global_step', '?'))} steps, "
          f"final loss {_number(train.get('final_loss', '?'))}."),
         "",
+        *_cost_lines(train),
     ]
     shown = {k: hyperparameters[k] for k in HYPERPARAMETERS if k in hyperparameters}
     if shown:

@@ -12,6 +12,10 @@ from typing import Any
 # Pinned into every logged model so a serving environment rebuilds what was tested.
 SERVING_PACKAGES = ("mlflow", "torch", "transformers", "safetensors", "tokenizers", "pandas")
 MODEL_CODE = Path(__file__).with_name("model.py")
+GENERATION_CODE = Path(__file__).with_name("generation.py")
+# The name the generation code is logged under (``code/``, put on sys.path when the model loads):
+# distinct enough not to shadow anything of the serving environment's.
+GENERATION_MODULE = "llmops_generation.py"
 
 
 def pip_requirements(*extra: str) -> list[str]:
@@ -40,14 +44,22 @@ def log_generator(artifacts: dict[str, str], *, adapter: bool = False, **kwargs:
     """``mlflow.pyfunc.log_model`` of the serving pyfunc under ``model`` in the active run.
 
     ``artifacts["model"]`` is the Hugging Face folder the pyfunc loads; ``adapter`` adds ``peft``
-    to the pins (a LoRA adapter needs it to load). Other keyword arguments go to ``log_model``.
+    to the pins (a LoRA adapter needs it to load). The generation code goes with the model
+    (:data:`GENERATION_MODULE`), for a serving environment without this package. Other keyword
+    arguments go to ``log_model``.
     """
+    import shutil
+    import tempfile
+
     import mlflow
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(MODEL_CODE),
-        artifacts=artifacts,
-        pip_requirements=pip_requirements(*(["peft"] if adapter else [])),
-        **kwargs,
-    )
+    with tempfile.TemporaryDirectory(prefix="llmops-code-") as code:
+        generation = shutil.copyfile(GENERATION_CODE, Path(code) / GENERATION_MODULE)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts=artifacts,
+            code_paths=[str(generation)],
+            pip_requirements=pip_requirements(*(["peft"] if adapter else [])),
+            **kwargs,
+        )

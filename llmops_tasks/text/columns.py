@@ -215,6 +215,8 @@ class TextColumn:
         self.odd = odd
         self.column_wise = False  # True when every cell was a string (no flattening applied)
         self._texts = None
+        self._keys = None  # keys() and normalized_keys(), computed once: several rules share them
+        self._normalized_keys = None
         self._ascii = pc.fill_null(pc.string_is_ascii(values), True)
         # All ASCII (the common case): byte-level checks replace the Unicode-aware ones.
         self.all_ascii = pc.all(self._ascii).as_py() is not False
@@ -318,16 +320,27 @@ class TextColumn:
         return found
 
     def keys(self) -> Any:
-        """:func:`text_keys` of each text."""
-        texts = self.texts
-        if self.odd:
-            texts = texts.copy()
-            for i, text in self.odd.items():
-                texts[i] = text.encode("utf-8", "surrogatepass")
-        return text_keys(texts)
+        """:func:`text_keys` of each text (computed once per column; read-only: index it, do not
+        write into it)."""
+        if self._keys is None:
+            texts = self.texts
+            if self.odd:
+                texts = texts.copy()
+                for i, text in self.odd.items():
+                    texts[i] = text.encode("utf-8", "surrogatepass")
+            self._keys = text_keys(texts)
+            self._keys.flags.writeable = False
+        return self._keys
 
     def normalized_keys(self) -> Any:
-        """:func:`text_keys` of :func:`normalize` of each text: ASCII texts folded column-wise."""
+        """:func:`text_keys` of :func:`normalize` of each text: ASCII texts folded column-wise
+        (computed once per column; read-only)."""
+        if self._normalized_keys is None:
+            self._normalized_keys = self._normalize_and_key()
+            self._normalized_keys.flags.writeable = False
+        return self._normalized_keys
+
+    def _normalize_and_key(self) -> Any:
         import numpy as np
 
         keys = np.array(_joined_words(self.values, _ASCII_FOLD).to_numpy(zero_copy_only=False), dtype=object)

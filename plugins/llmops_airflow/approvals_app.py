@@ -214,7 +214,26 @@ def _version_row(mv: Any, aliases: dict[str, str]) -> dict:
         "exceptions": exceptions,
         "flags": governance_flags(approval, standard, overrides, exceptions),
         "metrics": {k.removeprefix("metric."): v for k, v in sorted(tags.items()) if k.startswith("metric.")},
+        "cost": {key: tags[f"llmops.{key}"] for key in COST_KEYS if tags.get(f"llmops.{key}") not in (None, "")},
+        "train_run": tags.get("llmops.train_mlflow_run", ""),
     }
+
+
+# What a version's training cost: version tags llmops.<key> where register copied them, else the
+# train run's metrics of the same names (and its tag llmops.cost_currency).
+COST_KEYS = ("gpus", "train_wall_seconds", "gpu_hours", "gpu_hour_price", "cost", "cost_currency")
+
+
+def _train_run_cost(client: Any, run_id: str) -> dict:
+    """The cost figures the train step logged on its MLflow run; {} when the run is gone or has none."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a deleted run only means no cost to show
+        return {}
+    found: dict[str, Any] = {k: v for k, v in run.data.metrics.items() if k in COST_KEYS}
+    if "cost" in found:
+        found["cost_currency"] = run.data.tags.get("llmops.cost_currency", "") or "USD"
+    return found
 
 
 def registry_overview(may_read: Callable[[str], bool] = lambda dag_id: True) -> list[dict]:
@@ -229,6 +248,9 @@ def registry_overview(may_read: Callable[[str], bool] = lambda dag_id: True) -> 
         versions = client.search_model_versions(f"name = '{model.name}'", max_results=RECENT_VERSIONS,
                                                 order_by=["version_number DESC"])
         rows = [_version_row(mv, aliases) for mv in versions]
+        for row in rows:
+            if not row["cost"] and row["train_run"]:
+                row["cost"] = _train_run_cost(client, row["train_run"])
         dag_of = {row["version"]: row["dag_id"] for row in rows}
         for version in set(aliases.values()) - set(dag_of):
             try:
@@ -295,6 +317,12 @@ def run_reports(run_dir: Path) -> dict[str, str]:
                 found[label] = match.relative_to(run_dir.parent).as_posix()
                 break
     return found
+
+
+def _cost_cell(cost: dict) -> str:
+    from llmops_tasks.registry import modelcard
+
+    return modelcard.cost_text(cost) or "-"
 
 
 def _metrics_text(metrics: dict) -> str:
@@ -377,16 +405,17 @@ def render_page(models: list[dict], decisions: list[dict], user_name: str, runs_
         parts.append(f"<h3><a href='{esc(ui)}/#/models/{esc(quote(name, safe=''))}' {NEW_TAB}>{esc(name)}</a> "
                      f"{aliases}</h3>")
         parts.append("<table><tr><th>version</th><th>aliases</th><th>method</th><th>metrics</th><th>gate</th>"
-                     "<th>approval and governance</th><th>DAG run</th></tr>")
+                     "<th>approval and governance</th><th>training cost</th><th>DAG run</th></tr>")
         for row in model["versions"]:
             link = f"{ui}/#/models/{quote(name, safe='')}/versions/{quote(row['version'], safe='')}"
             policy = _gate_policy_text(row["gate_policy"], row["gate_policy_standard"], row["gate_overrides"])
             parts.append(
                 f"<tr{_row_class(row['flags'])}><td><a href='{esc(link)}' {NEW_TAB}>v{esc(row['version'])}</a></td>"
-                f"<td>{esc(', '.join(row['aliases']))}</td><td>{esc(row['method'])}</td>"
+                f"<td>{esc(', '.join(row['aliases']))}{monitoring_link(name, row)}</td><td>{esc(row['method'])}</td>"
                 f"<td>{esc(_metrics_text(row['metrics']))}</td>"
                 f"<td>{esc(row['gate'])}{f'<br><span class=muted>{esc(policy)}</span>' if policy else ''}</td>"
-                f"<td>{_approval_cell(row)}</td><td>{esc(row['dag_run'])}</td></tr>")
+                f"<td>{_approval_cell(row)}</td><td>{esc(_cost_cell(row.get('cost') or {}))}</td>"
+                f"<td>{esc(row['dag_run'])}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Latest gate decisions</h2>")
     if not runs_visible:
@@ -470,4 +499,55 @@ def report_file(path: str, reader: Readable) -> Any:
             raise HTTPException(status_code=404, detail=f"no report {path!r}") from None
         run = path.split("/", 1)[0]
         return HTMLResponse(render_model_card(markdown, f"Model card of {run}"), headers=REPORT_HEADERS)
+    return FileResponse(target, headers=REPORT_HEADERS)
+
+
+# --------------------------------------------------------------------------- monitoring reports
+# llm_monitoring tags each monitored version with the path of its latest window's report
+# (``llmops.monitor_report``, under {artifact_root}/llm_monitoring/); the page links it for the
+# version holding production, and /monitoring serves it to those who may read llm_monitoring's runs.
+MONITORING_DAG_ID = "llm_monitoring"
+MONITOR_REPORT_TAG = "llmops.monitor_report"
+
+
+def monitoring_link(model: str, row: dict) -> str:
+    """The "monitoring" link of a production version's row ('' for any other version)."""
+    if "production" not in row.get("aliases", ()):
+        return ""
+    href = f"{URL_PREFIX}/monitoring/{quote(model, safe='')}/{quote(str(row['version']), safe='')}"
+    return f"<br><a href='{esc(href)}' {NEW_TAB}>monitoring report</a>"
+
+
+def monitoring_report_target(report: str) -> Path | None:
+    """The report a version's tag names, only if it is a ``report.html`` below the llm_monitoring
+    run folders reached without a symlink or ``..``."""
+    if not report or "\x00" in report or "\\" in report:
+        return None
+    root = _artifact_root() / MONITORING_DAG_ID
+    candidate = Path(report)
+    if candidate.name != "report.html" or ".." in candidate.parts or not candidate.is_absolute():
+        return None
+    try:
+        if candidate.resolve(strict=True) != candidate or not candidate.is_file():
+            return None
+        candidate.relative_to(root)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return candidate
+
+
+@app.get("/monitoring/{model}/{version}")
+def monitoring_report(model: str, version: str, reader: Readable) -> Any:
+    """The latest monitoring report of a model version, to a caller who may read runs of llm_monitoring."""
+    from llmops_tasks.core import tracking
+
+    if not reader(MONITORING_DAG_ID):
+        raise HTTPException(status_code=403, detail=f"Forbidden: you may not read runs of {MONITORING_DAG_ID}")
+    try:
+        tags = tracking.client().get_model_version(model, version).tags or {}
+    except Exception:  # noqa: BLE001 - no such model or version: nothing to serve
+        tags = {}
+    target = monitoring_report_target(tags.get(MONITOR_REPORT_TAG, ""))
+    if target is None:
+        raise HTTPException(status_code=404, detail=f"no monitoring report for {model} v{version} yet")
     return FileResponse(target, headers=REPORT_HEADERS)

@@ -7,6 +7,10 @@
 - ``kubernetes``: :class:`~llmops_airflow.operators.kubernetes.LLMOpsPodOperator` runs
   ``llmops <arguments>`` in the trainer image, with GPUs when the step asks for them.
 
+``train_operator`` is the train task's: the same, except that in the ``kubernetes`` mode a
+deployment training on more than one node (``LLMOPS_TRAIN_NODES`` > 1) gets a Kubeflow Trainer
+TrainJob (:class:`~llmops_airflow.operators.trainjob.TrainJobOperator`, torchrun on every node).
+
 Same command, same result JSON (the task's return value), same outcomes
 (:mod:`llmops_airflow.operators.base`), so a DAG's shape does not depend on the mode.
 
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 
 EXECUTION_ENV = "LLMOPS_EXECUTION"
 MODES = ("local", "kubernetes")
+NODES_ENV = "LLMOPS_TRAIN_NODES"
 
 # KubernetesPodOperator arguments a DAG may pass to step_operator; the local mode ignores them so
 # the same DAG file works in both modes.
@@ -37,6 +42,20 @@ POD_ONLY_KWARGS = frozenset({
     "kubernetes_conn_id", "in_cluster", "cluster_context", "config_file", "deferrable", "get_logs",
     "pod_template_file", "pod_template_dict", "full_pod_spec", "termination_grace_period",
     "active_deadline_seconds", "log_events_on_failure", "do_xcom_push",
+})
+
+
+def train_nodes() -> int:
+    """``$LLMOPS_TRAIN_NODES`` (default 1): nodes of the train step; an env read only, safe at parse."""
+    text = os.environ.get(NODES_ENV, "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{NODES_ENV} must be a positive integer (nodes of the train step), got {text!r}")
+    return int(text)
+
+# Of those, what a TrainJob (nodes > 1) has a place for; the others are dropped for it.
+TRAINJOB_KWARGS = frozenset({
+    "image", "namespace", "env_vars", "labels", "kubernetes_conn_id", "config_file", "in_cluster",
+    "cluster_context", "deferrable", "active_deadline_seconds", "on_finish_action",
 })
 
 
@@ -54,6 +73,7 @@ def step_operator(
     *,
     gpus: int = 0,
     resources: Mapping[str, str | int] | None = None,
+    nodes: int = 1,
     **kwargs: Any,
 ) -> BaseOperator:
     """The task that runs ``llmops <arguments>``, where ``$LLMOPS_EXECUTION`` says.
@@ -67,16 +87,42 @@ def step_operator(
     :param resources: Kubernetes quantities applied as requests and limits, e.g.
         ``{"cpu": "8", "memory": "48Gi"}``, over the defaults (1 CPU / 4Gi, or 8 CPU / 32Gi with
         GPUs). Ignored in the local mode.
+    :param nodes: above 1 (a ``train`` command), a Kubeflow Trainer TrainJob of that many nodes of
+        ``gpus`` GPUs, torchrun on each, instead of one pod; pod-only arguments with no place in a
+        TrainJob are dropped. The local mode is one machine: one node.
     :param kwargs: BaseOperator arguments (retries, pool, execution_timeout, ...), ``env_vars``,
         and KubernetesPodOperator arguments, which the local mode drops (``POD_ONLY_KWARGS``).
     """
     if gpus < 0:
         raise ValueError(f"gpus must be 0 or more, got {gpus}")
+    if nodes < 1:
+        raise ValueError(f"nodes must be 1 or more, got {nodes}")
     if execution_mode() == "kubernetes":
         from llmops_airflow.operators.kubernetes import build_pod_operator
 
+        if nodes > 1:
+            kwargs = {k: v for k, v in kwargs.items() if k in TRAINJOB_KWARGS or k not in POD_ONLY_KWARGS}
+            return build_pod_operator(task_id, arguments, gpus=gpus, resources=resources, nodes=nodes, **kwargs)
         return build_pod_operator(task_id, arguments, gpus=gpus, resources=resources, **kwargs)
     from llmops_airflow.operators.local import LocalStepOperator
 
     local_kwargs = {k: v for k, v in kwargs.items() if k not in POD_ONLY_KWARGS}
     return LocalStepOperator(task_id=task_id, arguments=arguments, **local_kwargs)
+
+
+def train_operator(
+    task_id: str,
+    arguments: Sequence[str],
+    *,
+    gpus: int = 0,
+    nodes: int | None = None,
+    resources: Mapping[str, str | int] | None = None,
+    **kwargs: Any,
+) -> BaseOperator:
+    """The train task: :func:`step_operator` with ``nodes`` (default ``$LLMOPS_TRAIN_NODES``, else 1).
+
+    The node count is a deployment setting because the kind of task is decided when the DAG is
+    parsed, before any recipe (a run's Param) is read.
+    """
+    return step_operator(task_id, arguments, gpus=gpus, resources=resources,
+                         nodes=train_nodes() if nodes is None else nodes, **kwargs)

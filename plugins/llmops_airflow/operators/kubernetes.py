@@ -62,6 +62,7 @@ from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import models as k8s
 
 from llmops_airflow.operators.base import StepOperatorMixin, said_no, step_failure
+from llmops_airflow.operators.trainjob import NODE, TrainJobOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -91,6 +92,8 @@ PASS_THROUGH_ENV = (
     "LLMOPS_ARTIFACT_ROOT",
     "LLMOPS_MODEL_NAME",
     "LLMOPS_EXPERIMENT",
+    "LLMOPS_GPU_HOUR_PRICE",  # the train step's cost figures
+    "LLMOPS_COST_CURRENCY",
 )
 DEFAULT_RESOURCES = {
     "cpu": {"cpu": "1", "memory": "4Gi"},
@@ -234,25 +237,97 @@ class LLMOpsPodOperator(StepOperatorMixin, KubernetesPodOperator):
             raise
 
 
-def build_pod_operator(
+# --- beyond one node: the same conventions for the nodes of a TrainJob -------------------------
+
+# MLflow credentials the nodes may need, each an optional key of the MLflow Secret (a TrainJob's
+# trainer container takes env entries only, no envFrom).
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                      "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def trainjob_pod_spec(gpus_per_node: int) -> dict[str, Any]:
+    """The trainer pods' patch of a TrainJob: the pod's volumes, security context and GPU
+    scheduling, as :func:`build_pod_operator` gives a pod (the same k8s objects, serialized)."""
+    from kubernetes.client import ApiClient
+
+    gpu = gpus_per_node > 0
+    volumes, mounts = _volumes(gpu)
+    spec: dict[str, Any] = {
+        "securityContext": _pod_security_context(),
+        "volumes": volumes,
+        "containers": [{"name": NODE, "volumeMounts": mounts, "securityContext": _container_security_context()}],
+    }
+    if gpu:
+        spec["nodeSelector"] = _node_selector(os.environ.get("LLMOPS_GPU_NODE_SELECTOR", "nvidia.com/gpu.present=true"))
+        spec["tolerations"] = [k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+        spec["affinity"] = gpu_node_affinity(gpus_per_node)
+    return ApiClient().sanitize_for_serialization(spec)
+
+
+def trainjob_secret_env() -> list[dict[str, Any]]:
+    """Secret references only, each optional (a tiny local model needs no token)."""
+    hf_secret, mlflow_secret = default_secret_names()
+    refs = [("HF_TOKEN", hf_secret, "token"), *((key, mlflow_secret, key) for key in MLFLOW_SECRET_KEYS)]
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+            for name, secret, key in refs]
+
+
+class LLMOpsTrainJobOperator(TrainJobOperator):
+    """:class:`~llmops_airflow.operators.trainjob.TrainJobOperator` with this deployment's trainer
+    pods: image resolved at run time, the pod's volumes, security context and GPU scheduling, the
+    services' addresses and the Secrets as references."""
+
+    def resolve_image(self) -> str:
+        return self.image or trainer_image()
+
+    def node_env(self, context: Context) -> dict[str, str]:
+        env = {**super().node_env(context), "LLMOPS_HOME": f"{CHECKPOINTS_MOUNT}/llmops", "HF_HOME": HF_HOME,
+               "HOME": HOME}
+        settings = {name: os.environ.get(name) for name in PASS_THROUGH_ENV}
+        settings.update(_connection_addresses())
+        env.update({k: v for k, v in settings.items() if v})
+        return env
+
+    def env_references(self) -> list[dict[str, Any]]:
+        return trainjob_secret_env()
+
+    def pod_spec_patch(self) -> dict[str, Any]:
+        return trainjob_pod_spec(self.gpus_per_node)
+
+    def default_node_resources(self) -> dict[str, str]:
+        return dict(DEFAULT_RESOURCES["gpu" if self.gpus_per_node else "cpu"])
+
+
+def build_trainjob_operator(
     task_id: str,
     arguments: Sequence[str],
     *,
-    gpus: int = 0,
+    nodes: int,
+    gpus: int = 1,
     resources: Mapping[str, str | int] | None = None,
     **kwargs: Any,
-) -> LLMOpsPodOperator:
-    """``llmops <arguments>`` in the trainer image; see :func:`llmops_airflow.operators.step_operator`.
+) -> LLMOpsTrainJobOperator:
+    """``llmops <arguments>`` on ``nodes`` nodes of ``gpus`` GPUs each, as a TrainJob; ``kwargs``
+    are BaseOperator and TrainJobOperator arguments (the pod path's ``on_finish_action`` words
+    ``delete_pod`` / ``delete_succeeded_pod`` / ``keep_pod`` are understood)."""
+    action = kwargs.get("on_finish_action")
+    if isinstance(action, str) and action.endswith("_pod"):
+        kwargs["on_finish_action"] = action.removesuffix("_pod")
+    return LLMOpsTrainJobOperator(task_id=task_id, arguments=arguments, nodes=nodes, gpus_per_node=gpus,
+                                  node_resources=resources, **kwargs)
 
-    Dict-valued ``env_vars``, ``labels`` and ``node_selector`` passed in ``kwargs`` are merged over
-    the defaults; any other KubernetesPodOperator argument replaces its default.
-    """
-    gpu = gpus > 0
-    quantities = {**DEFAULT_RESOURCES["gpu" if gpu else "cpu"], **{k: str(v) for k, v in (resources or {}).items()}}
-    if gpu:
-        quantities["nvidia.com/gpu"] = str(gpus)
-    step = arguments[0] if arguments and isinstance(arguments[0], str) and "{" not in arguments[0] else "step"
 
+def _pod_security_context() -> k8s.V1PodSecurityContext:
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=UID,
+        run_as_group=UID,
+        fs_group=UID,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def _volumes(gpu: bool) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
     hf_cache_pvc = os.environ.get("LLMOPS_HF_CACHE_PVC")
     volumes = [
         k8s.V1Volume(
@@ -278,6 +353,33 @@ def build_pod_operator(
     if gpu:  # PyTorch data loaders and NCCL need more shared memory than the container default
         volumes.append(k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")))
         mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
+    return volumes, mounts
+
+
+def build_pod_operator(
+    task_id: str,
+    arguments: Sequence[str],
+    *,
+    gpus: int = 0,
+    resources: Mapping[str, str | int] | None = None,
+    nodes: int = 1,
+    **kwargs: Any,
+) -> LLMOpsPodOperator | LLMOpsTrainJobOperator:
+    """``llmops <arguments>`` in the trainer image; see :func:`llmops_airflow.operators.step_operator`.
+
+    Dict-valued ``env_vars``, ``labels`` and ``node_selector`` passed in ``kwargs`` are merged over
+    the defaults; any other KubernetesPodOperator argument replaces its default. ``nodes > 1``: a
+    TrainJob of that many nodes of ``gpus`` GPUs instead (:func:`build_trainjob_operator`).
+    """
+    if nodes > 1:
+        return build_trainjob_operator(task_id, arguments, nodes=nodes, gpus=gpus, resources=resources, **kwargs)
+    gpu = gpus > 0
+    quantities = {**DEFAULT_RESOURCES["gpu" if gpu else "cpu"], **{k: str(v) for k, v in (resources or {}).items()}}
+    if gpu:
+        quantities["nvidia.com/gpu"] = str(gpus)
+    step = arguments[0] if arguments and isinstance(arguments[0], str) and "{" not in arguments[0] else "step"
+
+    volumes, mounts = _volumes(gpu)
 
     env_vars = {
         "LLMOPS_DAG_ID": "{{ dag.dag_id }}",
@@ -314,13 +416,7 @@ def build_pod_operator(
         "volumes": volumes,
         "volume_mounts": mounts,
         "secrets": [Secret("env", "HF_TOKEN", hf_secret, "token"), Secret("env", None, mlflow_secret)],
-        "security_context": k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=UID,
-            run_as_group=UID,
-            fs_group=UID,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
+        "security_context": _pod_security_context(),
         "container_security_context": _container_security_context(),
         "xcom_sidecar_container_security_context": _container_security_context(),
         "startup_timeout_seconds": 900 if gpu else 300,  # CUDA images are large to pull

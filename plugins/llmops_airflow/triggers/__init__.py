@@ -1,0 +1,1 @@
+"""Triggers of the step operators: the deferrable waits, run by the Airflow triggerer."""
