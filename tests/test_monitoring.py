@@ -260,3 +260,26 @@ def test_the_drift_tests_against_scipy():
     v, p, _ = drift.mix({"Latin": 50, "Cyrillic": 50}, {"Latin": 100})
     assert v > 0.5 and p < 0.001
     assert drift.psi([1, 2, 3] * 50, [1, 2, 3] * 50) == pytest.approx(0.0)
+
+
+def test_the_reference_download_removes_only_its_own_folder(tmp_path):
+    """The eval predictions are downloaded to a temporary folder and that folder alone is removed
+    afterwards, wherever MLflow put the file inside it (an earlier cleanup went two folders up
+    from the file and removed the system's temporary folder)."""
+    from llmops_tasks.monitoring import reference
+
+    own = tmp_path / f"{reference.TEMP_PREFIX}abc"
+    (own / "evaluation").mkdir(parents=True)
+    beside = tmp_path / "beside.txt"
+    beside.write_text("keep")
+    for path in (own / "predictions_candidate.jsonl", own / "evaluation" / "predictions_candidate.jsonl"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}\n")
+        reference._remove_download(str(path))
+        assert not own.exists() and beside.read_text() == "keep"
+        (own / "evaluation").mkdir(parents=True)
+    stray = tmp_path / "elsewhere" / "predictions_candidate.jsonl"  # not in a download folder: left alone
+    stray.parent.mkdir()
+    stray.write_text("{}\n")
+    reference._remove_download(str(stray))
+    assert stray.is_file()

@@ -31,6 +31,7 @@ from llmops_tasks.monitoring import profile, signals
 
 log = logging.getLogger(__name__)
 PREDICTIONS_ARTIFACT = "evaluation/predictions_candidate.jsonl"
+TEMP_PREFIX = "llmops-monitor-ref-"  # the download folder; only such a folder is ever removed
 # At most this many training prompts are measured (a uniform sample above it: the tests' power
 # does not need more, and a reference is measured once per window).
 MAX_REFERENCE_ROWS = 200_000
@@ -85,14 +86,24 @@ def _predictions(tags: dict[str, str], client) -> tuple[str, str]:
     if not found:
         return "", ""
     run_id = found[0].info.run_id
-    folder = tempfile.mkdtemp(prefix="llmops-monitor-ref-")
+    folder = tempfile.mkdtemp(prefix=TEMP_PREFIX)
     try:
-        client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, folder)
+        # MLflow puts the file at <folder>/<its basename> (not under the artifact's own folders).
+        return client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, folder), f"runs:/{run_id}/{PREDICTIONS_ARTIFACT}"
     except (MlflowException, OSError):
         shutil.rmtree(folder, ignore_errors=True)
         return "", ""
-    # Only the copy this function made, in the folder it made (never a path MLflow returned).
-    return os.path.join(folder, PREDICTIONS_ARTIFACT), f"runs:/{run_id}/{PREDICTIONS_ARTIFACT}"
+
+
+def _remove_download(path: str) -> None:
+    """Remove the temporary folder :func:`_predictions` made for ``path``: the nearest folder above
+    it named by :data:`TEMP_PREFIX`, and nothing when there is none."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while folder != os.path.dirname(folder):
+        if os.path.basename(folder).startswith(TEMP_PREFIX):
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        folder = os.path.dirname(folder)
 
 
 def _read(uri: str, columns: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -116,10 +127,8 @@ def load(model_name: str, version: str, *, reference_data: str = "", reference_p
             ref.sources["eval_predictions"] = artifact
         return ref
     finally:
-        if downloaded:  # <mkdtemp folder>/evaluation/predictions_candidate.jsonl
-            folder = os.path.dirname(os.path.dirname(downloaded))
-            if os.path.basename(folder).startswith("llmops-monitor-ref-"):
-                shutil.rmtree(folder, ignore_errors=True)
+        if downloaded:
+            _remove_download(downloaded)
 
 
 def _measure(model_name: str, version: str, train_uri: str, predictions_uri: str, refusal_patterns) -> Reference:
