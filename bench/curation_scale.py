@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def populate(folder: str, records: int) -> dict:
         kind = KINDS[i % 4]
         prompt, answer = _record(i)
         new_id = "tr-%032x" % (i + 1)
-        group_down = "tr-%032x" % (i - 2)  # the "down" answer of this group (for the preference)
+        group_down = "tr-%032x" % (i - 1)  # the id of record i - 2, this group's "down" answer (ids start at 1)
         ms = base_ms + i
         old_ms = template_ms[kind]
         strings = [(templates[KINDS.index(kind)], new_id), (f"TEMPLATEPROMPT{kind}", prompt),
@@ -212,7 +213,7 @@ def phase_mine(records: int) -> dict:
         kind = KINDS[i % 4]
         name, value = {"up": (feedback.THUMBS, True), "down": (feedback.THUMBS, False),
                        "correction": (feedback.CORRECTION, f"The right fix for problem {i // 4}: run step {i % 13}."),
-                       "preferred": (feedback.PREFERRED_OVER, "tr-%032x" % (i - 2))}[kind]
+                       "preferred": (feedback.PREFERRED_OVER, "tr-%032x" % (i - 1))}[kind]
         for key, v in (("trace_id", trace_id), ("name", name), ("value", value), ("by", "r"), ("created_ms", i)):
             votes[key].append(v)
     a, v = pd.DataFrame(answers), pd.DataFrame(votes)
@@ -252,6 +253,14 @@ def main() -> int:
         return 0
     folder = args.keep or tempfile.mkdtemp(prefix="curation-bench-")
     os.makedirs(folder, exist_ok=True)
+    try:
+        return _run(args, folder)
+    finally:
+        if not args.keep:  # the store of 1M traces is GBs: gone unless asked for
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(args, folder: str) -> int:
     summary = {"records": args.records}
     for phase in ("populate", "read", "curate", "mine"):
         summary[phase] = _child(phase, folder, args.records)

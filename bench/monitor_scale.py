@@ -32,6 +32,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -286,6 +287,14 @@ def main() -> int:
         return 0
     folder = args.keep or tempfile.mkdtemp(prefix="monitor-bench-")
     os.makedirs(folder, exist_ok=True)
+    try:
+        return _run(args, folder)
+    finally:
+        if not args.keep:  # the store of 1M traces is GBs: gone unless asked for
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(args, folder: str) -> int:
     summary: dict = {"traces": args.traces}
     for phase in ("populate", "read", "monitor", "compute"):
         summary[phase] = _child(phase, folder, args.traces)

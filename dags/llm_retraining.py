@@ -7,7 +7,10 @@
 Runs on its cron (`LLMOPS_RETRAIN_SCHEDULE`) or on new data, whichever comes first: a curated
 preference snapshot from `feedback_curation` (asset `llmops_preference_data`; the run trains on
 that snapshot unless `dataset_uri` is set) or a retrain request from `llm_monitoring` (asset
-`llmops_retrain_request`). `resolve_inputs` logs what started the run, and the registered version
+`llmops_retrain_request`). A run no snapshot started (the cron, a retrain request, a manual run
+with `dataset_uri` empty) trains on the newest curated snapshot in
+`{artifact_root}/datasets/preference`, and on the embedded sample set only while there is none.
+`resolve_inputs` logs what started the run and which data it trains on, and the registered version
 records it (tag `llmops.trigger`, with the snapshot's hash and feedback rows in its lineage).
 
 Each task runs one `llmops` step (in the worker, as a local subprocess, or in a GPU pod): the same
@@ -100,7 +103,7 @@ def _schedule():
         "dataset_uri": Param("", type=OPTIONAL_TEXT, title="Preference data set",
                              description="JSONL or Parquet URI with prompt/chosen/rejected rows. Empty: the "
                                          "curated snapshot whose asset event started this run, else the "
-                                         "embedded sample data set."),
+                                         "newest curated snapshot, else the embedded sample data set."),
         "eval_dataset_uri": Param("", type=OPTIONAL_TEXT, title="Held-out eval set",
                                   description="JSONL or Parquet URI of a fixed eval set (prompt, reference; with "
                                               "chosen/rejected also preference accuracy). When set, evaluate scores "
@@ -177,19 +180,25 @@ def llm_retraining():
     def resolve_inputs(params=None, **context) -> dict:
         """Decide each input once, by one rule: a form field set wins, else the recipe, else the
         embedded default (sample data, tiny base model). The data set: the form's, else the
-        snapshot of the asset event that started the run, else the sample. The training settings
+        snapshot of the asset event that started the run, else the newest snapshot, else the sample. The training settings
         the form sets go to the train step as ``--set-json``, and nothing else: what the form
         leaves empty stays the recipe's."""
         import logging
 
         bind_run_context()
         trigger = run_trigger(context)
-        logging.getLogger(__name__).info("run started by %s", trigger["summary"])
-        snapshot = trigger["snapshot"] or {}
+        logger = logging.getLogger(__name__)
+        logger.info("run started by %s", trigger["summary"])
         dataset = (params["dataset_uri"] or "").strip()
+        from llmops_tasks.curation import store
+
+        snapshot, chosen = store.training_snapshot(trigger["snapshot"])
         if dataset and snapshot:
-            logging.getLogger(__name__).info("dataset_uri %s wins over the triggering snapshot %s", dataset,
-                                             snapshot.get("uri"))
+            logger.info("dataset_uri %s wins over %s (%s)", dataset, chosen, snapshot.get("uri"))
+        elif snapshot:
+            logger.info("training on %s: %s", chosen, snapshot.get("uri"))
+            if not trigger["snapshot"]:
+                trigger["summary"] += f"; data: {chosen}"
         from llmops_tasks.core import settings
         from llmops_tasks.core.config import load_yaml
         from llmops_tasks.local import bootstrap, samples

@@ -198,6 +198,26 @@ def test_the_next_snapshot_adds_only_new_rows_and_blocks_pii(snapshots, traffic)
     assert "Dropped, and why" in (traffic["root"] / "snapshots" / v2["version"] / "report.html").read_text()
 
 
+def test_a_run_no_snapshot_started_trains_on_the_newest_and_its_lineage_reads_the_manifest(snapshots, traffic):
+    """What llm_retraining's resolve_inputs uses: the triggering snapshot, else the newest one (as
+    its asset event would describe it), else nothing; the registry's lineage from the real manifest."""
+    from llmops_tasks.registry import _snapshot_lineage
+
+    root = str(traffic["root"] / "snapshots")
+    v2 = snapshots["v2"]
+    event = {key: v2[key] for key in ("uri", "content_hash", "rows", "feedback_rows", "manifest")}
+    newest, why = store.training_snapshot(None, root)
+    assert newest == event and why.startswith(f"the newest snapshot {v2['version']}")
+    triggering = {key: snapshots["v1"][key] for key in event}
+    assert store.training_snapshot(triggering, root) == (triggering, "the snapshot whose event started this run")
+    assert store.training_snapshot(None, str(traffic["root"] / "no-snapshots-here")) == ({}, "")
+
+    lineage = _snapshot_lineage(v2["manifest"])
+    assert lineage == {"llmops.data_snapshot": v2["uri"], "llmops.data_snapshot_version": v2["version"],
+                       "llmops.data_snapshot_hash": v2["content_hash"], "llmops.data_snapshot_rows": str(v2["rows"]),
+                       "llmops.data_snapshot_feedback_rows": str(v2["feedback_rows"])}
+
+
 def test_nothing_is_written_when_validation_fails(snapshots, traffic):
     root = traffic["root"] / "no-base"
     answer = traffic["answer"]

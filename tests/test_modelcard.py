@@ -297,10 +297,14 @@ def test_a_version_trained_on_a_curated_snapshot_says_how_much_came_from_feedbac
     from llmops_tasks.core import data
     from llmops_tasks.registry import _snapshot_lineage
 
-    manifest = tmp_path / "manifest.json"
-    data.write_json(str(manifest), {"version": "v0002-bbbbbbbbbbbb", "uri": str(tmp_path / "data.parquet"),
-                                    "content_hash": "b" * 64, "rows": 140, "feedback_rows": 12})
+    manifest = tmp_path / "v0002-bbbbbbbbbbbb" / "manifest.json"
+    manifest.parent.mkdir()
+    data.write_json(str(manifest), {  # the shape llmops curate writes (curation/step.py)
+        "version": "v0002-bbbbbbbbbbbb", "content_hash": "b" * 64,
+        "files": {"preference": "data.parquet", "kto": "kto.parquet", "sft": "sft.parquet", "traces": "traces.txt"},
+        "counts": {"rows": 140, "feedback_rows": 12, "rows_by_source": {"base": 128, "correction": 12}}})
     lineage = _snapshot_lineage(str(manifest))
+    assert lineage["llmops.data_snapshot"] == str(manifest.parent / "data.parquet")
     assert lineage["llmops.data_snapshot_hash"] == "b" * 64
     assert lineage["llmops.data_snapshot_feedback_rows"] == "12" and lineage["llmops.data_snapshot_rows"] == "140"
     assert _snapshot_lineage("") == {}

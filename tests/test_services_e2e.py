@@ -19,13 +19,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from urllib.parse import quote
 
 import pytest
 
 from llmops_tasks.core import data
+from llmops_tasks.local import airflow_client as airflow
 from llmops_tasks.local import samples, services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,35 +39,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class Api:
-    """A logged-in REST client of the running API server."""
-
-    def __init__(self, base: str, token: str = "") -> None:
-        self.base, self.token = base, token
-
-    def call(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, object]:
-        token = self.token if token is None else token
-        request = urllib.request.Request(self.base + path, method=method,
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json",
-                                                  **({"Authorization": f"Bearer {token}"} if token else {})})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                raw = response.read().decode()
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read().decode(), exc.code
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw
-
-    def ok(self, method: str, path: str, body: dict | None = None):
-        status, payload = self.call(method, path, body)
-        assert status < 300, f"{method} {path} -> {status}: {payload}"
-        return payload
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +61,8 @@ def stack(tmp_path_factory):
             assert up.poll() is None, f"llmops up exited with {up.returncode}:\n{out.read_text()[-4000:]}"
             assert time.monotonic() < deadline, f"llmops up not ready:\n{out.read_text()[-4000:]}"
             time.sleep(2)
-        base = f"http://127.0.0.1:{airflow_port}"
-        password = json.loads((home / "airflow" / services.PASSWORDS_FILE).read_text())["admin"]
-        status, login = Api(base).call("POST", "/auth/token", {"username": "admin", "password": password})
-        assert status == 201 or status == 200, login
-        yield {"api": Api(base, login["access_token"]), "home": home, "env": env, "out": out,
+        api = airflow.Api.login(f"http://127.0.0.1:{airflow_port}", "admin", airflow.password(home / "airflow"))
+        yield {"api": api, "home": home, "env": env, "out": out,
                "mlflow": f"http://127.0.0.1:{mlflow_port}"}
     finally:
         up.send_signal(signal.SIGTERM)
@@ -137,46 +104,24 @@ def _audit(stack) -> list[dict]:
 
 
 def _run_path(run_id: str) -> str:
-    return f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+    return airflow.run_path(DAG_ID, run_id)
 
 
-def _task_states(api: Api, run_id: str) -> dict[str, str]:
-    payload = api.ok("GET", _run_path(run_id) + "/taskInstances?limit=100")
-    return {t["task_id"]: t["state"] for t in payload["task_instances"]}
+def _scheduler_tail(stack) -> str:
+    log = (stack["home"] / "logs" / "services" / "scheduler.log").read_text(errors="replace")
+    return f"scheduler log tail:\n{log[-3000:]}"
 
 
-def _wait(stack, run_id: str, done, what: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = _task_states(stack["api"], run_id)
-        run_state = stack["api"].ok("GET", _run_path(run_id))["state"]
-        if done(run_state, states):
-            return run_state, states
-        time.sleep(3)
-    scheduler_log = (stack["home"] / "logs" / "services" / "scheduler.log").read_text(errors="replace")
-    pytest.fail(f"{what} not reached in {timeout} s; run {run_state}, tasks {states}\n"
-                f"scheduler log tail:\n{scheduler_log[-3000:]}")
+def _wait(stack, run_id: str, done, what: str, timeout: float, dag_id: str = DAG_ID):
+    return airflow.wait(stack["api"], dag_id, run_id, done, what, timeout, diagnose=lambda: _scheduler_tail(stack))
 
 
 def _parked(stack, run_id: str, timeout: float = 120) -> None:
-    """Wait until the scheduler has taken in the exit of the approval task's parked process.
-
-    A person answers minutes after the task parks in Required actions. An answer within the
-    scheduler's next loop races Airflow itself: the resumed task is running when the executor's
-    "success" of the parked process arrives, and the scheduler marks the running task FAILED
-    (LocalExecutor, Airflow 3.3.2). So the test answers only once that event is in the scheduler log.
-    """
-    line = f"Received executor event with state success for task instance TaskInstanceKey(dag_id='{DAG_ID}', " \
-           f"task_id='approve', run_id='{run_id}'"
-    log = stack["home"] / "logs" / "services" / "scheduler.log"
-    deadline = time.monotonic() + timeout
-    while line not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"the scheduler never saw the approval task of {run_id} park"
-        time.sleep(1)
+    airflow.parked(stack["home"] / "logs" / "services" / "scheduler.log", DAG_ID, "approve", run_id, timeout)
 
 
-def _trigger(api: Api, conf: dict) -> str:
-    return api.ok("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+def _trigger(api: airflow.Api, conf: dict, dag_id: str = DAG_ID) -> str:
+    return airflow.trigger(api, dag_id, conf)
 
 
 def test_rest_trigger_hitl_approval_and_bad_data(stack):
@@ -316,3 +261,81 @@ def test_mlflow_killed_mid_task_is_restarted_while_airflow_and_the_run_carry_on(
     _parked(stack, run_id)
     api.ok("PATCH", hitl, {"chosen_options": ["Reject"], "params_input": {"comment": "e2e: MLflow restart check"}})
     _wait(stack, run_id, lambda run, s: run in ("failed", "success"), "rejected run end", timeout=240)
+
+
+MONITOR_POLICY = """\
+# A deployment's monitoring policy, loose enough for the handful of answers of this test: the
+# oracle's thumbs-down share alone asks for a retraining.
+min_requests: 10
+alpha: 0.5
+cooldown_hours: 0
+retrain_when: any
+alert_when: any
+signals:
+  thumbs_down: {threshold: 0.05, severity: retrain, min_count: 5, baseline: 0.01}
+"""
+
+
+def test_the_loop_retrains_on_its_snapshot_and_on_a_monitoring_request_through_the_scheduler(stack):
+    """The feedback loop on the real services (what ``llmops demo --loop`` runs): production
+    answers the eval and training prompts on a loopback scoring server, one trace each; the
+    oracle's thumbs and corrections are MLflow assessments; ``feedback_curation`` (triggered over
+    REST) writes a snapshot and its asset event; the scheduler alone starts ``llm_retraining``,
+    which trains on that snapshot, is approved over the HITL endpoint, becomes production (the
+    running server switches to it) and names the snapshot in its lineage. Then ``llm_monitoring``
+    with a deployment policy that fires on the thumbs-down share emits a retrain request, and the
+    scheduler starts one more retraining from it, on the newest snapshot."""
+    from llmops_tasks.core.settings import temporary_env
+    from llmops_tasks.local import loop
+
+    api, home = stack["api"], stack["home"]
+    for dag_id in (loop.CURATION, "llm_monitoring"):
+        airflow.wait_for_dag(api, dag_id)
+        airflow.unpause(api, dag_id)
+    with _registry_env(stack), temporary_env({"LLMOPS_HOME": str(home)}):
+        before = _production(stack)
+        result = loop.turn(loop.Stack.of(api, home), MODEL_NAME, batch_size=8, timeout=480)
+
+    assert result.traffic["answers"] == result.traffic["prompts"] > 0
+    assert result.feedback["untraced"] == 0 and result.feedback["up"] + result.feedback["down"] == result.traffic["answers"]
+    assert result.feedback["corrections"] == result.feedback["down"] > 0
+    assert result.snapshot["feedback_rows"] > 0 and result.snapshot["content_hash"]
+    run = api.ok("GET", _run_path(result.retraining_run))
+    assert run["run_type"] == "asset_triggered" and result.retraining_state == "success", run
+    consumed = api.ok("GET", _run_path(result.retraining_run) + "/upstreamAssetEvents")["asset_events"]
+    assert [e["extra"]["content_hash"] for e in consumed if e["extra"].get("content_hash")] == [
+        result.snapshot["content_hash"]], consumed
+
+    after = result.after
+    assert "production" in after["aliases"] and after["version"] != before
+    assert result.served_after == after["version"]  # the running server followed the alias
+    tags = after["tags"]
+    assert tags["llmops.data_snapshot"] == result.snapshot["uri"]
+    assert tags["llmops.data_snapshot_hash"] == result.snapshot["content_hash"]
+    assert (tags["llmops.data_snapshot_rows"], tags["llmops.data_snapshot_feedback_rows"]) == (
+        str(result.snapshot["rows"]), str(result.snapshot["feedback_rows"]))
+    assert tags["llmops.trigger"].startswith("new preference snapshot"), tags["llmops.trigger"]
+    assert tags["llmops.approval_comment"] == loop.APPROVED_BY_DEMO
+
+    # Monitoring asks for a retraining; the scheduler starts it from the retrain-request event.
+    policy = home / "monitor-e2e.yaml"
+    policy.write_text(MONITOR_POLICY, encoding="utf-8")
+    known = {r["dag_run_id"] for r in airflow.runs(api, DAG_ID)}
+    monitoring = _trigger(api, {"policy": str(policy), "window": "2h"}, dag_id="llm_monitoring")
+    run_state, states = _wait(stack, monitoring, lambda run, s: run in airflow.FINISHED, "monitoring end", 240,
+                              dag_id="llm_monitoring")
+    assert run_state == "success" and states["request_retraining"] == "success", states
+    requested = airflow.wait_for_new_run(api, DAG_ID, known, "asset_triggered", 120)["dag_run_id"]
+    _wait(stack, requested, lambda run, s: s.get("resolve_inputs") in ("success", "failed") or run in airflow.FINISHED,
+          "resolve_inputs of the requested retraining", 180)
+    consumed = api.ok("GET", _run_path(requested) + "/upstreamAssetEvents")["asset_events"]
+    reasons = [r["signal"] for e in consumed for r in (e["extra"].get("reasons") or [])]
+    assert "thumbs_down" in reasons, consumed
+    inputs = api.ok("GET", _run_path(requested) + "/taskInstances/resolve_inputs/xcomEntries/return_value")["value"]
+    assert "retrain request from monitoring" in inputs["trigger"] and "thumbs_down" in inputs["trigger"], inputs
+    assert inputs["dataset"] == result.snapshot["uri"], inputs  # the newest snapshot, though none started it
+    assert inputs["snapshot_manifest"] == result.snapshot["manifest"], inputs
+    # Stop it here: training it is what the snapshot-triggered run above already proved.
+    api.ok("PATCH", _run_path(requested), {"state": "failed"})
+    _wait(stack, requested, lambda run, s: run in airflow.FINISHED and not any(
+        v in ("running", "queued", "scheduled", "deferred") for v in s.values()), "the stopped run to settle", 120)

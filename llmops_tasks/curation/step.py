@@ -32,7 +32,7 @@ INLINE_TRACES = 10_000  # the manifest lists the traces inline up to this many (
 
 
 def snapshot_root(config: CurateConfig) -> str:
-    return config.snapshot_root or f"{settings.artifact_root().rstrip('/')}/datasets/preference"
+    return config.snapshot_root or store.default_root()
 
 
 def base_dataset(config: CurateConfig) -> str:

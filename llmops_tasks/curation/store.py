@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from llmops_tasks.core import data
+from llmops_tasks.core import data, settings
 
 SNAPSHOT = re.compile(r"^v(\d{4,})-([0-9a-f]{12})$")
 CURSOR = "cursor.json"
@@ -40,6 +40,31 @@ def latest(root: str) -> tuple[Path | None, dict[str, Any] | None]:
     if not found:
         return None, None
     return found[-1], data.read_json(str(found[-1] / "manifest.json"))
+
+
+def default_root() -> str:
+    """``{artifact_root}/datasets/preference``: where ``llmops curate`` keeps snapshots unless told otherwise."""
+    return f"{settings.artifact_root().rstrip('/')}/datasets/preference"
+
+
+def as_event(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot described as the extra of its asset event (uri, content_hash, rows, feedback_rows, manifest)."""
+    counts = manifest.get("counts") or {}
+    return {"uri": str(folder / (manifest.get("files") or {}).get("preference", "data.parquet")),
+            "content_hash": manifest.get("content_hash", ""), "rows": counts.get("rows"),
+            "feedback_rows": counts.get("feedback_rows"), "manifest": str(folder / "manifest.json")}
+
+
+def training_snapshot(triggering: dict[str, Any] | None, root: str | None = None) -> tuple[dict[str, Any], str]:
+    """The snapshot a retraining trains on, and why: the one whose asset event started the run,
+    else the newest complete one under ``root`` (a cron run or a monitoring retrain request learns
+    from the feedback curated so far, not only from the base data set); ``({}, "")`` when there is none."""
+    if triggering:
+        return triggering, "the snapshot whose event started this run"
+    folder, manifest = latest(root or default_root())
+    if folder is None:
+        return {}, ""
+    return as_event(folder, manifest or {}), f"the newest snapshot {folder.name} (no new snapshot started this run)"
 
 
 def read_cursor(root: str) -> dict[str, Any] | None:

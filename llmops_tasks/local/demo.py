@@ -10,6 +10,9 @@ waits for a human (with ``--require-approval`` it waits in Airflow's Required ac
 answers). A waiver needs the deployment's consent: the demo is its own one-machine deployment and
 gives it (``LLMOPS_ALLOW_APPROVAL_WAIVER=true`` for its Airflow run, unless the environment says
 otherwise); the waiver is recorded on the model version, its model card and in the audit log.
+
+``llmops demo --loop`` runs one turn of the feedback loop instead, on ``llmops up`` services
+(:mod:`llmops_tasks.local.loop`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ class DemoConfig:
     max_steps: int = field(120, help="training steps")
     dataset_uri: str = field("", path="input", help="preference data set; empty: the embedded sample data set")
     require_approval: bool = field(False, help="wait for a human approval in the Airflow UI (the run then blocks)")
+    loop: bool = field(False, help="one turn of the feedback loop on `llmops up` services: serve production, "
+                                   "send the eval prompts, oracle feedback, curation, and the retraining the "
+                                   "snapshot's asset event starts (approved over Airflow's HITL REST API)")
 
     def __post_init__(self) -> None:
         require(self.max_steps > 0, f"demo: max_steps must be positive, got {self.max_steps}")
@@ -64,7 +70,13 @@ def _read(path: Path) -> dict:
 
 def run(config: DemoConfig) -> dict:
     from llmops_tasks import registry
-    from llmops_tasks.local import bootstrap, samples
+    from llmops_tasks.local import bootstrap, loop, samples
+
+    if config.loop:
+        require(not config.dataset_uri and config.method == "sft" and not config.require_approval,
+                "demo: --loop takes no --dataset-uri, --method or --require-approval (the loop trains on its "
+                "snapshot with the DAG's defaults, and answers the approval over REST)")
+        return {"loop": True, **loop.run(max_steps=config.max_steps)}
 
     env = embedded.airflow_env()
     if not config.require_approval:
@@ -132,6 +144,11 @@ def _summary(run_dir: Path | None, config: DemoConfig) -> dict:
 
 
 def render(result: dict) -> str:
+    if result.get("loop"):
+        from llmops_tasks.local import loop
+
+        return loop.render(result)
+
     def fmt(metrics: dict) -> str:
         return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
 

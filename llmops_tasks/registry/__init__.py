@@ -269,16 +269,19 @@ def _lineage(train: dict, metrics: dict, decision: dict, validation: dict | None
 
 
 def _snapshot_lineage(manifest_path: str) -> dict[str, str]:
-    """Tags naming the curated snapshot a version was trained on (none when it was not one)."""
+    """Tags naming the curated snapshot a version was trained on (none when it was not one), from
+    the manifest ``llmops curate`` wrote next to the snapshot's files."""
     if not manifest_path:
         return {}
     manifest = data.read_json(manifest_path)
+    counts = manifest.get("counts") or {}
+    preference = (manifest.get("files") or {}).get("preference", "data.parquet")
     return {
-        "llmops.data_snapshot": str(manifest.get("uri") or manifest.get("data") or manifest_path),
+        "llmops.data_snapshot": str(Path(manifest_path).parent / preference),
         "llmops.data_snapshot_version": str(manifest.get("version", "")),
         "llmops.data_snapshot_hash": str(manifest.get("content_hash", "")),
-        "llmops.data_snapshot_rows": str(manifest.get("rows", "")),
-        "llmops.data_snapshot_feedback_rows": str(manifest.get("feedback_rows", "")),
+        "llmops.data_snapshot_rows": str(counts.get("rows", "")),
+        "llmops.data_snapshot_feedback_rows": str(counts.get("feedback_rows", "")),
     }
 
 
