@@ -232,6 +232,26 @@ def test_a_combining_rule():
     assert policies.rule_holds("not script_mix or thumbs_down", set(), set())
 
 
+def test_only_the_production_version_can_ask_for_a_rollback():
+    """Traffic of the version before the current one can still be in the window after a promotion;
+    its severe signal must not roll production (its successor) back."""
+
+    def result(rollback: bool) -> dict:
+        decision = {"fired": ["secret_answers"] if rollback else [], "retrain": False, "retrain_held_by_cooldown": False,
+                    "alert": rollback, "rollback": rollback, "rollback_signals": ["secret_answers"] if rollback else [],
+                    "reasons": []}
+        return {"requests": 120, "decision": decision, "report": "r.html", "signals_path": "s.json", "mlflow_run_id": "x"}
+
+    config = monitoring.MonitorConfig(model_name="m")
+    window = {"start": "2026-12-01T10:00:00Z", "end": "2026-12-01T11:00:00Z", "length": "1h"}
+    old_version_leaked = monitoring.summarize(config, window, {"1": result(True), "2": result(False)}, production="2")
+    assert old_version_leaked["rollback"] is False and old_version_leaked["rollback_reason"] == ""
+    assert old_version_leaked["alert"] is True  # still an alert: a person looks at it
+    production_leaked = monitoring.summarize(config, window, {"1": result(False), "2": result(True)}, production="2")
+    assert production_leaked["rollback"] is True
+    assert production_leaked["rollback_reason"] == "monitoring: v2 secret_answers in window 2026-12-01T11:00:00Z"
+
+
 def test_the_answer_signals():
     found = signals.measure(
         ["", "I'm sorry, I cannot help with that.", "the cat sat the cat sat the cat sat the cat sat",

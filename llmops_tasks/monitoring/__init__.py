@@ -277,7 +277,13 @@ def summarize(config: MonitorConfig, win: dict, results: dict[str, Any], product
 
     retrain = [v for v, r in results.items() if r["decision"]["retrain"]]
     alert = [v for v, r in results.items() if r["decision"]["alert"]]
-    rollback = [v for v, r in results.items() if r["decision"]["rollback"]]
+    # A rollback puts production's previous version back: only a signal of the version in production
+    # asks for it (traffic of an older version still in the window must not roll back its successor).
+    rollback = [v for v, r in results.items() if r["decision"]["rollback"] and v == production]
+    ignored = [v for v, r in results.items() if r["decision"]["rollback"] and v != production]
+    if ignored:
+        log.warning("monitor: rollback signals fired for v%s, which is not in production (v%s): no rollback",
+                    ", v".join(ignored), production or "none")
     asked = retrain or alert or rollback
     focus = production if production in results else (asked[0] if asked else (next(iter(results), "")))
     summary = {
