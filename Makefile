@@ -34,8 +34,11 @@ UP_ARGS ?=
 airflow: $(STAMP)
 	$(BIN)/llmops up $(UP_ARGS)
 
+# Two workers (pytest-xdist; a 2-core machine's CPUs), a test file at a time each (--dist loadfile:
+# a file's module fixtures, such as the `llmops up` stack, stay in one process). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not gpu" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmops_tasks plugins dags tests bench scripts

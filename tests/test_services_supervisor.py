@@ -117,6 +117,19 @@ def test_scheduler_starts_after_the_api_server(tmp_path):
 
 
 @pytest.mark.unit
+def test_a_relative_home_is_the_same_folder_made_absolute(tmp_path, monkeypatch):
+    """LLMOPS_HOME=demo-home llmops up: every service gets the absolute folder (MLflow's artifact
+    root is a file URI, and the services do not run in the user's folder)."""
+    monkeypatch.chdir(tmp_path)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "LLMOPS"))}
+    env = services.service_env(UpConfig(), {**base, "LLMOPS_HOME": "demo-home"})
+    assert env["LLMOPS_HOME"] == str(tmp_path / "demo-home")
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'demo-home' / 'mlflow.db'}"
+    mlflow = services.service_commands(UpConfig(), env)["mlflow"]
+    assert mlflow[mlflow.index("--default-artifact-root") + 1] == (tmp_path / "demo-home" / "mlartifacts").as_uri()
+
+
+@pytest.mark.unit
 def test_a_circular_start_order_is_refused(tmp_path):
     a, b = Service("a", ["true"], after=("b",)), Service("b", ["true"], after=("a",))
     with pytest.raises(ValueError, match="circle: a -> b -> a"):

@@ -50,6 +50,9 @@ def airflow_env(base: dict[str, str] | None = None) -> dict[str, str]:
     }
     for key, value in defaults.items():
         env.setdefault(key, value)
+    # The same folder, absolute: the services and the steps run in other folders, and MLflow's
+    # artifact root must be a file URI (LLMOPS_HOME=demo-home llmops up).
+    env["LLMOPS_HOME"] = str(home)
     return env
 
 
