@@ -6,8 +6,10 @@ a conf, waits in the approval step, is approved through the HITL REST endpoint a
 the new version holding ``production``. The second run gets a data set whose answers equal their
 rejected alternatives: it must fail at ``validate`` and leave ``production`` where it was. The
 third is rejected by a person through the same endpoint: the rejection is recorded on the version
-and in the audit log, and a rollback to that version is refused. Nothing is mocked; the services
-are always stopped (process groups), also when a test fails.
+and in the audit log, and a rollback to that version is refused. Then one turn of the feedback
+loop (``llmops demo --loop``'s own code) and a monitoring retrain request, each of which the
+scheduler alone turns into an ``llm_retraining`` run. Nothing is mocked; the services are always
+stopped (process groups), also when a test fails.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from urllib.parse import quote
 
@@ -26,6 +25,7 @@ import pytest
 from llmops_tasks.core import data
 from llmops_tasks.local import airflow_client as airflow
 from llmops_tasks.local import samples, services
+from llmops_tasks.local.loop import Services
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,43 +35,19 @@ APPROVAL_COMMENT = "metrics look right; approved over REST"
 REJECTION_COMMENT = "answers got terse; rejected over REST"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("services-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "LLMOPS"))}
     env.update({"LLMOPS_HOME": str(home), "LLMOPS_RETRAIN_SCHEDULE": "none", "LLMOPS_MODEL_NAME": MODEL_NAME,
                 "HF_HUB_OFFLINE": "1"})
-    airflow_port, mlflow_port = _free_port(), _free_port()
-    out = home / "up.out"
-    with open(out, "wb") as sink:
-        # Its own session, so the finalizer can stop `llmops up` and anything it left behind.
-        up = subprocess.Popen([sys.executable, "-m", "llmops_tasks.cli", "up", "--airflow-port", str(airflow_port),
-                               "--mlflow-port", str(mlflow_port), "--parallelism", "2", "--ready-timeout", "240",
-                               "--stop-timeout", "15"],
-                              env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    # `llmops up` in its own session, so stopping it also stops anything it left behind.
+    up = Services(env, home, ("--parallelism", "2"))
     try:
-        deadline = time.monotonic() + 300
-        while "llmops up: ready" not in out.read_text(errors="replace"):
-            assert up.poll() is None, f"llmops up exited with {up.returncode}:\n{out.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"llmops up not ready:\n{out.read_text()[-4000:]}"
-            time.sleep(2)
-        api = airflow.Api.login(f"http://127.0.0.1:{airflow_port}", "admin", airflow.password(home / "airflow"))
-        yield {"api": api, "home": home, "env": env, "out": out,
-               "mlflow": f"http://127.0.0.1:{mlflow_port}"}
+        api = up.start(timeout=300)
+        yield {"api": api, "home": home, "env": env, "out": up.out, "mlflow": up.mlflow_url}
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait(timeout=10)
-        services.stop_recorded(home, timeout=10)  # only does something if `up` could not stop them
+        up.stop()  # SIGTERM, then the process group; then whatever services.json still names
 
 
 def _production(stack) -> str | None:

@@ -285,18 +285,20 @@ def _newest(name: str, run_id: str) -> dict:
 class Services:
     """``llmops up`` as a child process in its own session, on free loopback ports."""
 
-    def __init__(self, env: dict[str, str], home: Path) -> None:
-        self.env, self.home = env, home
+    def __init__(self, env: dict[str, str], home: Path, args: tuple[str, ...] = ()) -> None:
+        self.env, self.home, self.args = env, Path(home), tuple(args)
         self.airflow_port, self.mlflow_port = _free_port(), _free_port()
-        self.out = home / "logs" / f"loop-up-{time.strftime('%Y%m%dT%H%M%S')}.log"
+        self.out = self.home / "logs" / f"up-{time.strftime('%Y%m%dT%H%M%S')}.log"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 300) -> airflow.Api:
+        """Start ``llmops up`` (plus ``args``), wait for its "ready" line, log in as admin."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
         with open(self.out, "wb") as sink:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "llmops_tasks.cli", "up", "--airflow-port", str(self.airflow_port),
-                 "--mlflow-port", str(self.mlflow_port), "--ready-timeout", str(int(timeout)), "--stop-timeout", "15"],
+                 "--mlflow-port", str(self.mlflow_port), "--ready-timeout", str(int(timeout)), "--stop-timeout", "15",
+                 *self.args],
                 env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while "llmops up: ready" not in self.out.read_text(errors="replace"):
@@ -304,8 +306,16 @@ class Services:
                 raise StepFailed(f"loop: llmops up did not get ready (see {self.out}):\n"
                                  + self.out.read_text(errors="replace")[-3000:])
             time.sleep(1)
-        base = f"http://127.0.0.1:{self.airflow_port}"
-        return airflow.Api.login(base, "admin", airflow.password(Path(self.env["AIRFLOW_HOME"])))
+        airflow_home = Path(self.env.get("AIRFLOW_HOME") or self.home / "airflow")
+        return airflow.Api.login(self.airflow_url, "admin", airflow.password(airflow_home))
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
 
     def stop(self) -> None:
         from llmops_tasks.local import services
@@ -348,7 +358,7 @@ def run(max_steps: int | None = None) -> dict:
         services.stop()
     return {"model_name": name, "home": str(home), "services_ready_s": ready,
             "seconds": round(time.monotonic() - started, 1), "services_log": str(services.out),
-            "airflow_url": f"http://127.0.0.1:{services.airflow_port}", **result.__dict__}
+            "airflow_url": services.airflow_url, **result.__dict__}
 
 
 def render(result: dict) -> str:
