@@ -168,7 +168,7 @@ def phase_read(folder: str) -> dict:
     experiment = tracking.get_or_create_experiment(EXPERIMENT, create=False)
     imported = time.monotonic()
     count = votes = chars = 0
-    for answer in traces.search(experiment, page_size=1000):
+    for answer in traces.search(experiment):
         count += 1
         votes += len(answer.assessments)
         chars += len(answer.answer or "") + len(str(answer.prompt))

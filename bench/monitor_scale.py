@@ -168,7 +168,7 @@ def phase_read(folder: str) -> dict:
     end = _window_end(folder)
     imported = time.monotonic()
     count = votes = chars = 0
-    for answer in traces.search(experiment, since_ms=end - 3600 * 1000, until_ms=end, page_size=1000):
+    for answer in traces.search(experiment, since_ms=end - 3600 * 1000, until_ms=end):
         count += 1
         votes += len(answer.assessments)
         chars += len(answer.answer or "") + len(str(answer.prompt)) + int(answer.latency_ms > 0)

@@ -40,7 +40,7 @@ class CurateConfig:
     lookback_hours: float = field(0.0, help="also re-read traces this long before the watermark, for feedback "
                                             "given after the last run (rows already in a snapshot are not "
                                             "added twice)")
-    page_size: int = field(1000, help="traces fetched per search request")
+    page_size: int = field(500, help="traces fetched per search request (1-500: the MLflow server's limit)")
     pii_mode: Literal["redact", "block"] = field("redact", help="personal data found: redact it "
                                                           "([REDACTED kind]) or drop the row")
     pii_kinds: list[str] = field(default_factory=lambda: list(pii.KINDS),
@@ -55,7 +55,8 @@ class CurateConfig:
                 f"max_pairs_per_prompt: expected 1 or more, got {self.max_pairs_per_prompt}")
         require(self.max_traces >= 0, f"max_traces: expected 0 (no limit) or more, got {self.max_traces}")
         require(self.lookback_hours >= 0, f"lookback_hours: expected 0 or more, got {self.lookback_hours}")
-        require(1 <= self.page_size <= 10_000, f"page_size: expected 1 to 10000, got {self.page_size}")
+        require(1 <= self.page_size <= 500, f"page_size: expected 1 to 500 (the MLflow server's limit), got "
+                                            f"{self.page_size}")
         unknown = sorted(set(self.pii_kinds) - set(pii.KINDS))
         require(not unknown, f"pii_kinds: unknown kind(s) {unknown}; known kinds are {list(pii.KINDS)}")
         self.policy = self.policy or settings.packaged_policy("validate_preference.yaml")

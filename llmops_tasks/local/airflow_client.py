@@ -143,10 +143,10 @@ def answer(api: Api, dag_id: str, run_id: str, task_id: str, option: str, commen
     return api.ok("PATCH", hitl, {"chosen_options": [option], "params_input": {"comment": comment}})
 
 
-def runs(api: Api, dag_id: str, run_type: str | None = None) -> list[dict]:
-    """The DAG's runs, oldest first; only ``run_type`` (e.g. ``asset_triggered``) when given."""
-    payload = api.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after&limit=100")
-    found = payload["dag_runs"]
+def runs(api: Api, dag_id: str, run_type: str | None = None, limit: int = 100) -> list[dict]:
+    """The DAG's ``limit`` newest runs, oldest first; only ``run_type`` (e.g. ``asset_triggered``) when given."""
+    payload = api.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-id&limit={int(limit)}")
+    found = list(reversed(payload["dag_runs"]))
     return [r for r in found if run_type is None or r.get("run_type") == run_type]
 
 
@@ -162,10 +162,17 @@ def wait_for_new_run(api: Api, dag_id: str, known: set[str], run_type: str, time
         time.sleep(2)
 
 
-def asset_events(api: Api, asset_name: str) -> list[dict]:
-    """The events of the asset named ``asset_name``, oldest first."""
+def asset_events(api: Api, asset_name: str, source_dag_id: str = "", source_run_id: str = "",
+                 limit: int = 100) -> list[dict]:
+    """The ``limit`` newest events of the asset named ``asset_name`` (only those a given DAG run
+    emitted, when named), oldest first."""
     assets = api.ok("GET", f"/api/v2/assets?name_pattern={quote(asset_name)}")["assets"]
     asset = next((a for a in assets if a["name"] == asset_name), None)
     if asset is None:
         return []
-    return api.ok("GET", f"/api/v2/assets/events?asset_id={asset['id']}&order_by=timestamp&limit=100")["asset_events"]
+    query = f"asset_id={asset['id']}&order_by=-timestamp&limit={int(limit)}"
+    if source_dag_id:
+        query += f"&source_dag_id={quote(source_dag_id)}"
+    if source_run_id:
+        query += f"&source_run_id={quote(source_run_id, safe='')}"
+    return list(reversed(api.ok("GET", f"/api/v2/assets/events?{query}")["asset_events"]))

@@ -74,6 +74,7 @@ class TurnResult:
     retraining_run: str
     retraining_state: str
     scored: dict = field(default_factory=dict)
+    gate: dict = field(default_factory=dict)
     served_after: str | None = None
     timings: dict = field(default_factory=dict)
 
@@ -239,8 +240,10 @@ def turn(stack: Stack, name: str, *, batch_size: int = 8, thumbs_up_rouge: float
         if run_state != "success" or states.get("publish_snapshot") != "success":
             raise StepFailed(f"loop: {CURATION} run {curation} ended {run_state} without a new snapshot; "
                              f"tasks {states}")
-        event = airflow.asset_events(stack.api, "llmops_preference_data")[-1]
-        snapshot = dict(event.get("extra") or {})
+        events = airflow.asset_events(stack.api, "llmops_preference_data", CURATION, curation)
+        if len(events) != 1:
+            raise StepFailed(f"loop: {CURATION} run {curation} emitted {len(events)} snapshot events, not one")
+        snapshot = dict(events[0].get("extra") or {})
         seconds["curation"] = round(time.monotonic() - mark, 1)
         log.info("loop: snapshot %s (%s rows, %s from feedback); waiting for the run its asset event starts",
                  snapshot.get("uri"), snapshot.get("rows"), snapshot.get("feedback_rows"))
@@ -251,8 +254,10 @@ def turn(stack: Stack, name: str, *, batch_size: int = 8, thumbs_up_rouge: float
         seconds["retraining"] = round(time.monotonic() - mark, 1)
         after_version = production_version(name)
         after = _version(name, after_version) if after_version != before["version"] else _newest(name, retraining)
-        metrics = Path(settings.RunContext(dag_id=RETRAINING, run_id=retraining).step_dir("evaluate")) / "metrics.json"
+        ctx = settings.RunContext(dag_id=RETRAINING, run_id=retraining)
+        metrics, decision = Path(ctx.step_dir("evaluate")) / "metrics.json", Path(ctx.step_dir("gate")) / "decision.json"
         scored = data.read_json(str(metrics)) if metrics.is_file() else {}
+        gate = data.read_json(str(decision)) if decision.is_file() else {}
         served_after = None
         if after_version != before["version"]:
             deadline = time.monotonic() + 30
@@ -266,6 +271,7 @@ def turn(stack: Stack, name: str, *, batch_size: int = 8, thumbs_up_rouge: float
                       "answers": len(answers), "batch_size": batch_size}, feedback=feedback,
                       retraining_run=retraining, retraining_state=run_state, served_after=served_after,
                       scored={k: scored.get(k) for k in ("candidate", "champion", "champion_label")},
+                      gate={"passed": gate.get("passed"), "reason": gate.get("reason", "")},
                       timings=seconds)
 
 
@@ -374,9 +380,11 @@ def render(result: dict) -> str:
         return "-" if not isinstance(value, (int, float)) else f"{value:.3f}"
 
     width = max([len(n) for n in names] + [12])
-    old_label, new_label = f"v{before['version']} (production)", f"v{after['version']} (candidate)"
+    old_label = f"v{before['version']} (production)"
+    new_label = f"v{after['version']} (candidate)" if after.get("version") else "candidate"
+    steps = ", ".join(f"{step} {seconds} s" for step, seconds in result["timings"].items() if step != "total")
     lines = ["", (f"llmops demo --loop finished in {result['seconds']} s (services ready after "
-                  f"{result['services_ready_s']} s; the loop's steps: {result['timings']})"),
+                  f"{result['services_ready_s']} s; then {steps})"),
              (f"  traffic      {result['traffic']['answers']} answers from v{before['version']} "
               f"(batches of {result['traffic']['batch_size']}), one MLflow trace each"),
              (f"  feedback     {result['feedback']['up']} thumbs up, {result['feedback']['down']} thumbs down, "
@@ -386,6 +394,8 @@ def render(result: dict) -> str:
               f"content hash {str(snapshot.get('content_hash', ''))[:12]}"),
              (f"  retraining   {result['retraining_run']} (started by the snapshot's asset event): "
               f"{result['retraining_state']}"),
+             (f"  gate         {'PASSED' if result['gate'].get('passed') else 'REJECTED'}: "
+              f"{result['gate'].get('reason') or 'no decision was written'}"),
              "",
              f"  {'metric':<{width}}  {old_label:>18}  {new_label:>18}   (both on the retraining's eval prompts)"]
     lines += [f"  {n:<{width}}  {cell(champion, n):>18}  {cell(candidate, n):>18}" for n in names]
@@ -393,10 +403,12 @@ def render(result: dict) -> str:
     switched = (f"; the server switched to v{result['served_after']} without a restart"
                 if result.get("served_after") else "")
     tags = after["tags"]
-    lines += ["",
-              f"  production   v{production}{switched}",
-              (f"  lineage      v{after['version']} trained on {tags.get('llmops.data_snapshot', '?')} (hash "
-              f"{tags.get('llmops.data_snapshot_hash', '?')[:12]}); started by: {tags.get('llmops.trigger', '?')}"),
-              f"  Airflow      {result['airflow_url']} (stopped; llmops up starts it again)",
+    lines += ["", f"  production   v{production}{switched}"]
+    if after.get("version"):
+        lines.append(f"  lineage      v{after['version']} trained on {tags.get('llmops.data_snapshot', '?')} (hash "
+                     f"{tags.get('llmops.data_snapshot_hash', '?')[:12]}); started by: {tags.get('llmops.trigger', '?')}")
+    else:
+        lines.append("  lineage      the candidate was not registered (a gate rejection registers nothing)")
+    lines += [f"  Airflow      {result['airflow_url']} (stopped; llmops up starts it again)",
               f"  services log {result['services_log']}"]
     return "\n".join(lines)

@@ -84,7 +84,7 @@ def _feedback(assessments) -> tuple[float, float, bool]:
     return thumbs, rating, corrected
 
 
-def read(experiment_id: str, since_ms: int, until_ms: int, model_name: str = "", page_size: int = 1000) -> Traffic:
+def read(experiment_id: str, since_ms: int, until_ms: int, model_name: str = "", page_size: int = 500) -> Traffic:
     """Every production answer of ``[since_ms, until_ms)`` (of ``model_name`` when given), oldest first."""
     import numpy as np
 

@@ -1,0 +1,91 @@
+"""Reading production traces back (``serving.traces.search``) on a real MLflow store.
+
+The fast path reads pages without spans and takes prompt and answer from MLflow's request and
+response previews; these tests prove it returns exactly what reading every trace with its spans
+returns: long texts past the preview length, message-list prompts, failed answers, assessments,
+time windows, and many traces in one millisecond across page boundaries.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from llmops_tasks.core import tracking
+from llmops_tasks.serving import traces
+
+BASE_MS = 1_780_000_000_000
+
+
+def _write(experiment_id: str, prompt, answer: str | None, ms: int, error: str | None = None) -> str:
+    start = ms * 1_000_000
+    return traces.record_answer(prompt=prompt, answer=answer, model_name="m", model_version="3",
+                                model_uri="models:/m@production", tokens_in=4, tokens_out=2, start_ns=start,
+                                end_ns=start + 2_000_000, experiment_id=experiment_id, error=error)
+
+
+def _with_spans(experiment_id: str) -> list[traces.Answer]:
+    """Every trace read with its spans, through MLflow's offset token: the slow reference path."""
+    client = tracking.client()
+    found, token = [], None
+    while True:
+        page = client.search_traces(locations=[experiment_id], max_results=100, order_by=["timestamp_ms ASC"],
+                                    page_token=token)
+        found += [traces.Answer.from_trace(t) for t in page]
+        token = page.token
+        if not token:
+            return sorted(found, key=lambda a: (a.timestamp_ms, a.trace_id))
+
+
+def _key(answers):
+    return sorted(answers, key=lambda a: (a.timestamp_ms, a.trace_id))
+
+
+@pytest.fixture
+def traffic(mlflow_store, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    experiment = tracking.get_or_create_experiment("traces-test-traffic")
+    ids = {
+        "short": _write(experiment, "How do I reset my password?", "Open Settings, then Security.", BASE_MS),
+        "long": _write(experiment, "Why? " * 400, "Because. " * 300, BASE_MS + 1),  # both past 1000 chars
+        "chat": _write(experiment, [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "¿Dónde está la impresora? 打印机在哪里"}],
+                       "Second floor.", BASE_MS + 2),
+        "failed": _write(experiment, "Summarize this.", None, BASE_MS + 3, error="CUDA out of memory"),
+        "quotes": _write(experiment, 'Say "hi" \\ and {braces}', 'He said "hi"...', BASE_MS + 4),
+    }
+    mlflow.log_feedback(trace_id=ids["short"], name="user_thumbs", value=True)
+    return experiment, ids
+
+
+def test_previews_and_spans_give_the_same_answers(traffic):
+    experiment, ids = traffic
+    read = list(traces.search(experiment))
+    assert read == _with_spans(experiment)
+    by_id = {a.trace_id: a for a in read}
+    assert by_id[ids["long"]].prompt == "Why? " * 400 and by_id[ids["long"]].answer == "Because. " * 300
+    assert by_id[ids["chat"]].prompt[1]["content"] == "¿Dónde está la impresora? 打印机在哪里"
+    assert by_id[ids["failed"]].error is True and by_id[ids["failed"]].answer is None
+    assert [a.name for a in by_id[ids["short"]].assessments] == ["user_thumbs"]
+    assert [a.trace_id for a in read] == [ids[k] for k in ("short", "long", "chat", "failed", "quotes")]
+
+
+def test_a_window_and_small_pages(traffic):
+    experiment, ids = traffic
+    window = list(traces.search(experiment, since_ms=BASE_MS + 1, until_ms=BASE_MS + 4, page_size=1))
+    assert [a.trace_id for a in window] == [ids["long"], ids["chat"], ids["failed"]]
+
+
+def test_many_traces_in_one_millisecond_cross_pages_once_each(mlflow_store, monkeypatch):
+    """Keyset paging resumes at the last page's millisecond; a millisecond holding more than a page
+    is read with MLflow's token. Nothing is read twice or skipped."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    experiment = tracking.get_or_create_experiment("traces-test-ties")
+    written = [_write(experiment, f"question {i}", f"answer {i}", BASE_MS + (0 if i < 7 else i // 3)) for i in range(16)]
+    reference = _with_spans(experiment)
+    for page_size in (1, 3, 5, 7, 500):
+        read = list(traces.search(experiment, page_size=page_size))
+        assert _key(read) == reference, page_size
+        assert sorted(a.trace_id for a in read) == sorted(written), page_size
+        assert [a.timestamp_ms for a in read] == sorted(a.timestamp_ms for a in read), page_size
