@@ -134,6 +134,13 @@ def parked(scheduler_log: Path, dag_id: str, task_id: str, run_id: str, timeout:
         time.sleep(1)
 
 
+def api_value(api: Api, dag_id: str, run_id: str, task_id: str) -> dict:
+    """A task's return value (its ``return_value`` XCom) when it is a mapping, else ``{}``."""
+    status, payload = api.call("GET", f"{run_path(dag_id, run_id)}/taskInstances/{task_id}/xcomEntries/return_value")
+    value = payload.get("value") if status == 200 and isinstance(payload, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 def answer(api: Api, dag_id: str, run_id: str, task_id: str, option: str, comment: str) -> dict:
     """Answer a human-in-the-loop task (e.g. Approve / Reject) through the HITL REST endpoint."""
     hitl = f"{run_path(dag_id, run_id)}/taskInstances/{task_id}/-1/hitlDetails"

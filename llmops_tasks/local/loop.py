@@ -237,6 +237,12 @@ def turn(stack: Stack, name: str, *, batch_size: int = 8, thumbs_up_rouge: float
         curation = airflow.trigger(stack.api, CURATION, {})
         run_state, states = airflow.wait_until_finished(stack.api, CURATION, curation, 300,
                                                         diagnose=stack.scheduler_tail)
+        if run_state == "success" and states.get("publish_snapshot") == "skipped":
+            outcome = airflow.api_value(stack.api, CURATION, curation, "curate").get("outcome", "")
+            raise StepFailed(f"loop: curation wrote no new snapshot ({outcome or 'nothing new'}), so no retraining "
+                             f"starts: v{before['version']} gave the same answers to the same prompts as in an earlier "
+                             "turn, and their feedback is already in a snapshot. Promote another version first, or "
+                             "send other prompts.")
         if run_state != "success" or states.get("publish_snapshot") != "success":
             raise StepFailed(f"loop: {CURATION} run {curation} ended {run_state} without a new snapshot; "
                              f"tasks {states}")
