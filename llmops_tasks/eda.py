@@ -690,13 +690,14 @@ def run(config: EdaConfig) -> dict[str, Any]:
     if previous == PREVIOUS_AUTO:
         # The comparison is informative: a lookup that finds nothing or fails says why, never fails the step.
         previous = snapshots.previous_eda_report(out)
-    result = write_reports(config, out, previous)
-    log.info("EDA report: %s", result["report_html"])
-    result["previous"] = previous
-    result["mlflow_run_url"] = tracking.record_step(
-        snapshots.EDA_STEP, {"dataset": config.dataset, "kind": config.kind,
-                             snapshots.EDA_REPORT_PARAM: result["report_json"], "previous": previous},
-        {"rows": result["rows"]}, [result["report_html"], result["report_json"]])
+    with tracking.step_recorder() as recorder:  # MLflow opened on another core while the data is read
+        result = write_reports(config, out, previous)
+        log.info("EDA report: %s", result["report_html"])
+        result["previous"] = previous
+        result["mlflow_run_url"] = recorder.record(
+            snapshots.EDA_STEP, {"dataset": config.dataset, "kind": config.kind,
+                                 snapshots.EDA_REPORT_PARAM: result["report_json"], "previous": previous},
+            {"rows": result["rows"]}, [result["report_html"], result["report_json"]])
     return result
 
 

@@ -264,3 +264,41 @@ def test_block_reader_gives_the_chunks_of_the_line_reader(tmp_path):
             chunks = list(data.read_chunks(str(path), rows))
             assert [c.records for c in chunks] == expected, (name, rows)
             assert [list(c.lines) for c in chunks] == [[r["_line"] for r in chunk] for chunk in expected]
+
+
+def test_read_ahead_keeps_order_raises_where_the_reader_raised_and_stops_when_left():
+    """prefetch: the items in order; the reader's error at its own position; a consumer that stops
+    early stops the reading thread and closes the reader there."""
+    import threading
+
+    from llmops_tasks.core import data
+
+    assert list(data.prefetch(iter(range(50)), ahead=3)) == list(range(50))
+    assert list(data.prefetch(iter([]))) == []
+
+    def failing():
+        yield 1
+        yield 2
+        raise data.DataError("line 3: not JSON")
+
+    reading = data.prefetch(failing())
+    assert [next(reading), next(reading)] == [1, 2]
+    with pytest.raises(data.DataError, match="line 3: not JSON"):
+        next(reading)
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield n
+        finally:
+            closed.set()
+
+    reading = data.prefetch(endless(), ahead=2)
+    assert [next(reading), next(reading)] == [1, 2]
+    reading.close()
+    assert closed.is_set()
+    assert not any(t.name == "llmops-read-ahead" and t.is_alive() for t in threading.enumerate())

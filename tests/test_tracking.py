@@ -118,3 +118,56 @@ def test_metrics_are_not_lost_when_sent_from_a_training_thread():
             thread.join()
         run_id = run.run_id
     assert set(tracking.client().get_run(run_id).data.metrics) == {"m0", "m1", "m2", "m3"}
+
+
+def test_a_fresh_process_records_a_light_step_from_a_process_started_at_the_step_start(tmp_path):
+    """A step's own process (no MLflow loaded): the run is written by the spawned recorder, which
+    opened the store while the step worked; the step's process never imports MLflow."""
+    report = tmp_path / "report.json"
+    report.write_text("{}\n")
+    script = tmp_path / "step.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from llmops_tasks.core import tracking
+
+        if __name__ == "__main__":
+            with tracking.step_recorder() as recorder:
+                spawned = recorder._process is not None
+                url = recorder.record("eda", {{"dataset": "d.jsonl"}}, {{"rows": 3}}, [{str(report)!r}])
+            print(spawned, "mlflow" in sys.modules, url)
+    """))
+    step = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=os.environ.copy(),
+                          timeout=180)
+    assert step.returncode == 0, step.stderr[-2000:]
+    spawned, imported, url = step.stdout.split()
+    assert (spawned, imported) == ("True", "False")
+    run = tracking.client().get_run(url.rsplit("/", 1)[-1])
+    assert run.info.status == "FINISHED" and run.data.params["dataset"] == "d.jsonl"
+    assert run.data.metrics["rows"] == 3.0
+    artifacts = [a.path for a in tracking.client().list_artifacts(run.info.run_id, "reports")]
+    assert artifacts == ["reports/report.json"]
+
+
+def test_a_recorder_reports_mlflow_errors_and_records_here_when_its_process_is_gone(monkeypatch):
+    import multiprocessing
+
+    def spawned() -> tracking.StepRecorder:
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(target=tracking._record_when_asked, args=(theirs,), daemon=True)
+        process.start()
+        theirs.close()
+        return tracking.StepRecorder(ours, process)
+
+    with monkeypatch.context() as env:  # the recording process's store cannot be opened: its error, raised here
+        env.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+        recorder = spawned()
+    with pytest.raises(RuntimeError, match="MLflow: .*nosuchscheme"):
+        recorder.record("eda", {}, {"rows": 1}, [])
+    recorder = spawned()
+    recorder._process.kill()
+    recorder._process.join(10)
+    url = recorder.record("eda", {"dataset": "d.jsonl"}, {"rows": 1}, [])  # recorded in this process instead
+    assert tracking.client().get_run(url.rsplit("/", 1)[-1]).info.status == "FINISHED"
+    with tracking.step_recorder() as warm:  # MLflow is open in this process now: nothing is spawned
+        assert warm._process is None

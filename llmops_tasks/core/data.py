@@ -421,15 +421,71 @@ def load_rule(message: str) -> str:
     return next((rule for needle, rule in _LOAD_RULES if needle in message), "readable")
 
 
-def read_chunks(uri: str, rows: int):
+def read_chunks(uri: str, rows: int, ahead: int = 1):
     """:class:`Chunk` objects (column-wise where Arrow reads the file exactly), or a
-    :class:`DataError`; a reader's own crash is reported the same way."""
+    :class:`DataError`; a reader's own crash is reported the same way. ``ahead`` chunks are read
+    and parsed in a background thread while the caller works on the current one (0: none)."""
+    chunks = prefetch(iter_table_chunks(uri, rows), ahead) if ahead > 0 else iter_table_chunks(uri, rows)
     try:
-        yield from iter_table_chunks(uri, rows)
+        yield from chunks
     except DataError:
         raise
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{uri}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    finally:
+        chunks.close()
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterator[Any], ahead: int = 1) -> Iterator[Any]:
+    """``items``, each produced by a background thread up to ``ahead`` items before it is taken.
+
+    Reading and parsing a chunk (file reads, Arrow's parser, numpy on its bytes) mostly runs
+    without the GIL, so it overlaps with the caller's work on the previous chunk. What ``items``
+    raises is raised here, at the same position; closing this generator early (the caller stopped
+    or raised) stops the thread and closes ``items`` there.
+    """
+    import queue
+    import threading
+
+    handoff: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, which raises it)
+            put((_DONE, exc))
+        finally:
+            items.close()
+
+    worker = threading.Thread(target=produce, name="llmops-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def write_jsonl(uri: str, rows: Iterable[dict[str, Any]]) -> int:

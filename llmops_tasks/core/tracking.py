@@ -227,6 +227,95 @@ def record_step(step: str, params: dict[str, Any], metrics: dict[str, float], fi
     return run_url(run_id)
 
 
+class StepRecorder:
+    """:func:`record_step` for a light step, with MLflow imported and its store opened beforehand.
+
+    In a process that has not loaded MLflow yet (a step's own process: the CLI in a pod, an
+    Airflow task), importing it and opening the store cost seconds of CPU after the step's real
+    work. :func:`step_recorder` then spawns a process that does that on another core while the
+    step reads its data, and records the run when :meth:`record` hands it over. In a process that
+    has MLflow and the store open already (a test session, the embedded demo's second step) the
+    run is recorded here, which costs milliseconds. Either way :meth:`record` returns what
+    :func:`record_step` returns and raises what it raises (as ``RuntimeError`` from the other
+    process); if that process is gone, the run is recorded here instead.
+    """
+
+    def __init__(self, connection=None, process=None) -> None:
+        self._connection, self._process = connection, process
+
+    def record(self, step: str, params: dict[str, Any], metrics: dict[str, float], files: list[str],
+               folders: dict[str, str] | None = None) -> str:
+        if self._connection is None:
+            return record_step(step, params, metrics, files, folders)
+        try:
+            self._connection.send((step, params, metrics, files, folders))
+            kind, value = self._connection.recv()
+        except (EOFError, OSError):  # the process died: nothing was recorded there
+            self.close()
+            return record_step(step, params, metrics, files, folders)
+        self.close()
+        if kind == "error":
+            raise RuntimeError(f"MLflow: {value}")
+        return value
+
+    def close(self) -> None:
+        """Let the process go (it exits when its end of the pipe closes); idempotent."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._process is not None:
+            self._process.join(10)
+            if self._process.is_alive():
+                self._process.terminate()
+            self._process = None
+
+
+def _record_when_asked(connection) -> None:
+    """The recording process: MLflow imported and the store open, then one :func:`record_step`."""
+    import sys
+
+    try:
+        with contextlib.suppress(Exception):  # only a head start: record_step reports real errors
+            client()
+        try:
+            step, params, metrics, files, folders = connection.recv()
+        except EOFError:  # the step ended without a run to record (it failed before)
+            return
+        try:
+            connection.send(("ok", record_step(step, params, metrics, files, folders)))
+        except Exception as exc:  # noqa: BLE001 (handed to the step, which raises it)
+            connection.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        connection.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # everything is written: skip tearing down MLflow's module graph
+
+
+@contextlib.contextmanager
+def step_recorder() -> Iterator[StepRecorder]:
+    """A :class:`StepRecorder`: in a spawned process when this one has not opened the store yet."""
+    import sys
+
+    uri = settings.tracking_uri()
+    warm = "mlflow" in sys.modules and (not uri.startswith("sqlite:///") or uri in _CREATED_STORES)
+    if warm:
+        yield StepRecorder()
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork: the step may hold threads
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_record_when_asked, args=(theirs,), name="mlflow-record", daemon=True)
+    process.start()
+    theirs.close()
+    recorder = StepRecorder(ours, process)
+    try:
+        yield recorder
+    finally:
+        recorder.close()
+
+
 class BackgroundRun:
     """A step's child run whose MLflow calls are made by a separate process.
 

@@ -118,17 +118,24 @@ def run(config: ValidateConfig) -> dict[str, Any]:
 def _tracked(config: ValidateConfig, step: str) -> tuple[dict[str, Any], StepFailed | None]:
     """One check and its MLflow run (validation.json, quarantine and Data Docs as artifacts);
     (result, the failure or None). The run is FINISHED either way: the check ran to its end."""
-    try:
-        result, failure = check(config), None
-    except StepFailed as exc:
-        result, failure = exc.result, exc
+    with tracking.step_recorder() as recorder:  # MLflow opened on another core while the data is checked
+        try:
+            result, failure = check(config), None
+        except StepFailed as exc:
+            result, failure = exc.result, exc
+        return _record(config, step, recorder, result, failure)
+
+
+def _record(config: ValidateConfig, step: str, recorder: tracking.StepRecorder, result: dict[str, Any],
+            failure: StepFailed | None) -> tuple[dict[str, Any], StepFailed | None]:
+    """The check's MLflow run, recorded by ``recorder``; the log says where its reports are."""
     for label, path in (("quarantine", result.get("quarantine")), ("Data Docs", result.get("data_docs"))):
         if path:
             log.info("%s %s: %s", step, label, path)
     if result.get("warnings"):
         log.warning("%s warnings (not blocking): %s", step, ", ".join(result["warnings"]))
     docs = result.get("data_docs")
-    result["mlflow_run_url"] = tracking.record_step(
+    result["mlflow_run_url"] = recorder.record(
         step, {"dataset": config.dataset, "kind": config.kind, "dataset_hash": result.get("dataset_hash"),
                "valid": failure is None, "against": config.against},
         {"rows": result.get("rows", 0), "quarantined_rows": result.get("quarantined_rows", 0)},
