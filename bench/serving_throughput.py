@@ -7,20 +7,21 @@ In one run, on the same prompts from the sample data, ``--repeats`` times each (
 (a) the bare model: Hugging Face ``model.generate``, greedy, left-padded batches of ``--batch-size``;
 (b) the server, batched: ``POST /invocations`` with ``--batch-size`` prompts per request, one after another;
 (c) the server, one prompt per request, one after another;
-(d) as (b) with the server's trace writing switched off: a diagnostic of what tracing costs.
+(d) as (b) with the server's trace writing switched off: a diagnostic of what tracing costs;
+(e) as (b), timed until every trace of its answers is in the store (the writer's flush).
 
 The server runs in this process (uvicorn in a thread, on loopback) on a version registered in a
-temporary MLflow store, writing its traces as in production (MLflow's async export): ``--store
-sqlite`` (default) the embedded mode's SQLite file, written by this very process; ``--store
-server`` an ``mlflow server`` subprocess on loopback over that file, the production layout (the
-store's writes on the tracking server, the serving process only sends them).
-Traces still being exported when a way ends are flushed before the next way starts (untimed).
-Prints answers/s, each way's ratio to (a) (target for (b): >= 0.9x), how long creating a trace
-took per answer on the request's path, and how many served answers equal the bare model's;
-``--json-out`` also writes these figures as JSON (keys ``bare``, ``server_batched``, ``server_single``,
-``server_batched_untraced``). (d), the requests of (b) with trace writing switched off in the
-server, is a diagnostic only (the served command always traces): the gap between (b) and (d) is
-what the traces cost.
+temporary MLflow store, with its traces written as in production: each answer's record handed to
+the trace writer's process, which writes it with MLflow's async export to ``--store sqlite``
+(default) the embedded mode's SQLite file, or ``--store server`` an ``mlflow server`` subprocess on
+loopback over that file, the production layout.
+Traces still being written when a way ends are flushed before the next way starts (untimed).
+Prints answers/s, each way's ratio to (a) (target for (b): >= 0.9x), what tracing costs per answer
+on the request's path, and how many served answers equal the bare model's; ``--json-out`` also
+writes these figures as JSON (keys ``bare``, ``server_batched``, ``server_single``,
+``server_batched_untraced``, ``server_batched_stored``). (d) is a diagnostic only (the served
+command always traces): the gap between (b) and (d) is what tracing costs the server; (e) against
+(b) says whether the writer keeps up with the answers.
 """
 
 from __future__ import annotations
@@ -150,17 +151,17 @@ def bench(args, tmp: Path) -> None:
     server = Server(ServeConfig(port=0, max_batch_size=args.batch_size, max_prompts=max(args.batch_size, 1),
                                 max_new_tokens=args.max_new_tokens, poll_interval=0, access_log=False)).start()
     service = server.service
-    trace_ns: list[int] = []
-    record = service._trace
+    trace_ns: list[int] = []  # per answer: building its record and handing it to the trace writer
+    write = service._write
 
-    def timed_trace(*a, **k):
+    def timed_write(records):
         start = time.perf_counter_ns()
         try:
-            return record(*a, **k)
+            return write(records)
         finally:
-            trace_ns.append(time.perf_counter_ns() - start)
+            trace_ns.extend([(time.perf_counter_ns() - start) // max(1, len(records))] * len(records))
 
-    service._trace = timed_trace  # measure what tracing adds on the request's path
+    service._write = timed_write  # measure what tracing adds on the request's path
     bare = bare_generate(model_dir, prompts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
     params = {"max_new_tokens": args.max_new_tokens}
 
@@ -174,17 +175,24 @@ def bench(args, tmp: Path) -> None:
             return answers
 
         def untraced() -> list[str]:  # diagnostic: what the traces cost, the same requests without them
-            service._trace = lambda *a, **k: None
+            service._write = lambda records: None
             try:
                 return served(args.batch_size)
             finally:
-                service._trace = timed_trace
+                service._write = timed_write
+
+        def stored() -> list[str]:  # (b) until its traces are in the store, not only answered
+            answers = served(args.batch_size)
+            if not service.flush():
+                raise SystemExit("the trace writer did not write the traces of (e)")
+            return answers
 
         ways = {
             f"(a) bare model.generate, batches of {args.batch_size}": bare,
             f"(b) server, {args.batch_size} prompts per request": lambda: served(args.batch_size),
             "(c) server, 1 prompt per request": lambda: served(1),
             "(d) as (b), no traces (diagnostic)": untraced,
+            "(e) as (b), until its traces are stored": stored,
         }
         bare(), served(min(2, len(prompts)))  # warm-up: first calls, kernels, the HTTP connection
         trace_ns.clear()
@@ -195,7 +203,8 @@ def bench(args, tmp: Path) -> None:
                 start = time.perf_counter()
                 answers[name] = way()
                 best[name] = min(best[name], time.perf_counter() - start)
-                mlflow.flush_trace_async_logging()  # untimed: no way's trace backlog runs into the next one's time
+                service.flush()  # untimed: no way's trace backlog runs into the next one's time
+    writer_here = service.writer.in_process  # before stopping: a stopped writer writes here
     server.stop()
 
     names = list(ways)
@@ -206,19 +215,22 @@ def bench(args, tmp: Path) -> None:
         ratio = best[names[0]] / best[name]
         print(f"  {name:44s} {best[name]:8.3f} s  {args.prompts / best[name]:8.1f} answers/s  {ratio:5.2f}x of (a)")
     if trace_ns:
-        print(f"  trace creation on the request's path: {sum(trace_ns) / len(trace_ns) / 1e6:.2f} ms per answer "
-              f"(mean of {len(trace_ns)}; export is asynchronous)")
+        print(f"  tracing on the request's path: {sum(trace_ns) / len(trace_ns) / 1e6:.3f} ms per answer "
+              f"(mean of {len(trace_ns)}; the trace writer's process writes them"
+              f"{', here: it was not running' if writer_here else ''})")
     identical = {name: sum(a == b for a, b in zip(answers[names[0]], answers[name])) for name in names[1:]}
     for name, same in identical.items():
         print(f"  identical to (a): {name[:3]} {same}/{args.prompts}")
     if args.json_out:
-        keys = dict(zip(names, ("bare", "server_batched", "server_single", "server_batched_untraced")))
+        keys = dict(zip(names, ("bare", "server_batched", "server_single", "server_batched_untraced",
+                                "server_batched_stored")))
         summary = {
             "prompts": args.prompts, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
             "threads": args.threads, "device": device, "repeats": args.repeats, "store": args.store,
             **{keys[n]: {"seconds": best[n], "answers_per_s": args.prompts / best[n],
                          "ratio_to_bare": best[names[0]] / best[n]} for n in names},
             "trace_ms_per_answer": sum(trace_ns) / len(trace_ns) / 1e6 if trace_ns else None,
+            "trace_writer_process": not writer_here,
             "identical_to_bare": {keys[n]: same for n, same in identical.items()},
         }
         Path(args.json_out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -100,7 +100,7 @@ def run_bench(script: str, tmp_path: Path, *arguments: str, timeout: int = 300, 
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["sqlite", "server"])
 def test_serving_throughput_tiny(tmp_path, store):
-    """All four ways run against either store; each way's rate and ratio follow from its time."""
+    """All five ways run against either store; each way's rate and ratio follow from its time."""
     prompts, batch = 4, 2
     # the script's store, model and home live in a TemporaryDirectory: TMPDIR keeps them (and mlflow server's) here
     summary = run_bench("serving_throughput.py", tmp_path, "--prompts", str(prompts), "--batch-size", str(batch),
@@ -108,14 +108,15 @@ def test_serving_throughput_tiny(tmp_path, store):
 
     assert (summary["prompts"], summary["batch_size"], summary["max_new_tokens"]) == (prompts, batch, 4)
     assert summary["store"] == store and summary["repeats"] == 1 and summary["threads"] == 1
-    ways = ("bare", "server_batched", "server_single", "server_batched_untraced")
+    ways = ("bare", "server_batched", "server_single", "server_batched_untraced", "server_batched_stored")
     for way in ways:
         figures = summary[way]
         assert figures["seconds"] > 0
         assert figures["answers_per_s"] == pytest.approx(prompts / figures["seconds"])
         assert figures["ratio_to_bare"] == pytest.approx(summary["bare"]["seconds"] / figures["seconds"])
     assert summary["bare"]["ratio_to_bare"] == 1
-    assert summary["trace_ms_per_answer"] > 0  # (b) and (c) trace every answer
+    assert summary["trace_ms_per_answer"] > 0  # (b), (c) and (e) trace every answer
+    assert summary["trace_writer_process"] is True  # written by the trace writer, not the serving process
     assert set(summary["identical_to_bare"]) == set(ways[1:])
     assert all(0 <= same <= prompts for same in summary["identical_to_bare"].values())
 

@@ -73,11 +73,9 @@ def post(url: str, body, content_type: str = "application/json"):
     return httpx.post(f"{url}/invocations", content=content, headers={"content-type": content_type}, timeout=60)
 
 
-def traced(experiment_id: str) -> dict[str, traces.Answer]:
-    import mlflow
-
-    mlflow.flush_trace_async_logging()
-    return {a.trace_id: a for a in traces.search(experiment_id)}
+def traced(service) -> dict[str, traces.Answer]:
+    assert service.flush(), "the trace writer did not write every trace handed to it"
+    return {a.trace_id: a for a in traces.search(service.experiment_id)}
 
 
 def test_a_batch_is_answered_as_evaluate_generates_and_each_answer_is_a_trace(served):
@@ -94,8 +92,9 @@ def test_a_batch_is_answered_as_evaluate_generates_and_each_answer_is_a_trace(se
     assert any(p["answer"] for p in predictions)
 
     service = served["server"].service
+    assert not service.writer.in_process  # written by the trace writer's process, with the ids sent here
     assert service.experiment_name == f"{NAME}-traffic" == traces.traffic_experiment()
-    found = traced(service.experiment_id)
+    found = traced(service)
     for prompt, prediction in zip(PROMPTS, predictions):
         answer = found[prediction["trace_id"]]
         assert answer.prompt == prompt and answer.answer == prediction["answer"]
@@ -208,7 +207,7 @@ def test_moving_production_switches_the_running_server_without_a_restart(served,
     response = post(url, {"inputs": [PROMPTS[0]], "params": {"max_new_tokens": MAX_NEW}})
     prediction = response.json()["predictions"][0]
     assert prediction["model_version"] == served["v2"]
-    assert traced(server.service.experiment_id)[prediction["trace_id"]].model_version == served["v2"]
+    assert traced(server.service)[prediction["trace_id"]].model_version == served["v2"]
 
 
 # The pyfunc's code as versions registered before the shared Generator logged it (frozen in their

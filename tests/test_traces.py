@@ -89,3 +89,67 @@ def test_many_traces_in_one_millisecond_cross_pages_once_each(mlflow_store, monk
         assert _key(read) == reference, page_size
         assert sorted(a.trace_id for a in read) == sorted(written), page_size
         assert [a.timestamp_ms for a in read] == sorted(a.timestamp_ms for a in read), page_size
+
+
+def _records(experiment_id: str, n: int, first_ms: int) -> list[dict]:
+    from llmops_tasks.serving import trace_writer
+
+    return [trace_writer.record(prompt=f"question {i}", answer=f"answer {i}", model_name="m", model_version="3",
+                                model_uri="models:/m@production", tokens_in=4, tokens_out=2,
+                                start_ns=(first_ms + i) * 1_000_000, end_ns=(first_ms + i) * 1_000_000 + 2_000_000,
+                                experiment_id=experiment_id) for i in range(n)]
+
+
+def test_the_trace_writer_process_writes_each_trace_under_the_id_chosen_before(mlflow_store):
+    """What the server sends with an answer (the record's trace id) is the id of the trace that the
+    writer's process (real spawn, real MLflow export on the test's SQLite store) writes."""
+    from llmops_tasks.serving.trace_writer import TraceWriter
+
+    experiment = tracking.get_or_create_experiment("traces-test-writer")
+    writer = TraceWriter()
+    try:
+        assert not writer.in_process
+        batches = [_records(experiment, 5, BASE_MS), _records(experiment, 3, BASE_MS + 10)]
+        for batch in batches:
+            writer.write(batch)
+        assert writer.flush(timeout=120)
+        read = {a.trace_id: a for a in traces.search(experiment)}
+        sent = [r for batch in batches for r in batch]
+        assert sorted(read) == sorted(r["trace_id"] for r in sent)
+        assert all(read[r["trace_id"]].answer == r["answer"] and read[r["trace_id"]].prompt == r["prompt"]
+                   for r in sent)
+        assert all(r["trace_id"].startswith("tr-") and len(r["trace_id"]) == 35 for r in sent)
+        writer.write(_records(experiment, 2, BASE_MS + 20))
+    finally:
+        writer.close()  # writes what was handed over, then the process exits
+    assert not writer._process.is_alive() and writer._process.exitcode == 0
+    assert len(list(traces.search(experiment))) == 10
+
+
+def test_a_writer_gone_is_said_and_its_traces_are_written_here(mlflow_store, caplog):
+    import logging
+
+    from llmops_tasks.serving.trace_writer import TraceWriter
+
+    experiment = tracking.get_or_create_experiment("traces-test-writer-gone")
+    writer = TraceWriter()
+    writer._process.kill()
+    writer._process.join(30)
+    caplog.set_level(logging.ERROR, logger="llmops_tasks.serving.trace_writer")
+    records = _records(experiment, 4, BASE_MS)
+    writer.write(records)
+    assert writer.in_process and "the trace writer process exited" in caplog.text
+    assert writer.flush()
+    assert sorted(a.trace_id for a in traces.search(experiment)) == sorted(r["trace_id"] for r in records)
+    writer.close()
+
+
+def test_a_chosen_trace_id_in_this_process_and_traces_without_one(mlflow_store, monkeypatch):
+
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    experiment = tracking.get_or_create_experiment("traces-test-chosen")
+    record = _records(experiment, 1, BASE_MS)[0]
+    chosen = traces.record_answer(**{k: v for k, v in record.items() if k != "trace_id"})
+    drawn = _write(experiment, "another", "one", BASE_MS + 1)  # no id chosen: MLflow's tracer draws one
+    assert chosen == record["trace_id"] != drawn
+    assert {a.trace_id for a in traces.search(experiment)} == {chosen, drawn}

@@ -219,13 +219,13 @@ def turn(stack: Stack, name: str, *, batch_size: int = 8, thumbs_up_rouge: float
     started = time.monotonic()
     before = _version(name, production_version(name) or "")
     rows = traffic_rows(before)
-    server = Server(ServeConfig(model=f"models:/{name}@production", port=_free_port(), max_batch_size=batch_size,
+    server = Server(ServeConfig(model=f"models:/{name}@production", port=0, max_batch_size=batch_size,
                                 max_new_tokens=max_new_tokens, poll_interval=2.0, access_log=False)).start()
     try:
         answers = ask(server.url, [r["prompt"] for r in rows], batch_size)
-        import mlflow
-
-        mlflow.flush_trace_async_logging()
+        if not server.service.flush():
+            raise StepFailed(f"loop: the traces of the {len(answers)} answers were not all in the store "
+                             "after 120 s (see the trace writer's lines above)")
         seconds["traffic"] = round(time.monotonic() - started, 1)
         log.info("loop: %d answers from v%s on %s", len(answers), before["version"], server.url)
         feedback = oracle_feedback(answers, rows, thumbs_up_rouge)

@@ -140,8 +140,16 @@ class Service:
         self.switch_lock = threading.Lock()
         self.switches: list[tuple[str, str]] = []
         self.answers = 0
-        self.current = self._load(version)
-        log.info("serve: traces of every answer go to experiment %r (id %s)", self.experiment_name, self.experiment_id)
+        from llmops_tasks.serving.trace_writer import TraceWriter
+
+        self.writer = TraceWriter()  # its process imports MLflow while the model loads here
+        try:
+            self.current = self._load(version)
+        except BaseException:
+            self.writer.close()
+            raise
+        log.info("serve: traces of every answer go to experiment %r (id %s), written by %s", self.experiment_name,
+                 self.experiment_id, "this process" if self.writer.in_process else "a trace writer process")
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -202,12 +210,15 @@ class Service:
                             self.config.model, self.current.version, " ".join(str(exc).split()))
 
     def close(self) -> None:
-        import mlflow
-
+        """Stop following the alias; write every trace handed over (then the writer stops)."""
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=5)
-        mlflow.flush_trace_async_logging()
+        self.writer.close()
+
+    def flush(self, timeout: float = 120.0) -> bool:
+        """Whether the traces of every answer given so far are in the store (within ``timeout`` s)."""
+        return self.writer.flush(timeout)
 
     # ----------------------------------------------------------------------- answering
 
@@ -230,34 +241,36 @@ class Service:
                     completions = served.generator.answer(chunk, max_new_tokens=tokens, batch_size=size)
                 except Exception as exc:
                     end_ns = time.time_ns()
-                    for prompt in chunk:
-                        self._trace(served, prompt, None, 0, 0, start_ns, end_ns, error=" ".join(str(exc).split()))
+                    error = " ".join(str(exc).split())
+                    self._write([self._record(served, prompt, None, 0, 0, start_ns, end_ns, error=error)
+                                 for prompt in chunk])
                     raise
                 end_ns = time.time_ns()
-            for prompt, completion in zip(chunk, completions):
+            records = [self._record(served, prompt, completion.text, completion.tokens_in, completion.tokens_out,
+                                    start_ns, end_ns) for prompt, completion in zip(chunk, completions)]
+            self._write(records)
+            for record, completion in zip(records, completions):
                 results.append({
-                    "answer": completion.text,
-                    "trace_id": self._trace(served, prompt, completion.text, completion.tokens_in,
-                                            completion.tokens_out, start_ns, end_ns),
+                    "answer": completion.text, "trace_id": record["trace_id"],
                     "model_name": served.name, "model_version": served.version,
                     "tokens_in": completion.tokens_in, "tokens_out": completion.tokens_out,
                 })
         self.answers += len(results)
         return results
 
-    def _trace(self, served: Served, prompt: Any, answer: str | None, tokens_in: int, tokens_out: int,
-               start_ns: int, end_ns: int, error: str | None = None) -> str | None:
-        from llmops_tasks.serving import traces
+    def _record(self, served: Served, prompt: Any, answer: str | None, tokens_in: int, tokens_out: int,
+                start_ns: int, end_ns: int, error: str | None = None) -> dict[str, Any]:
+        """The trace record of one answer (its trace id chosen here, written by the trace writer)."""
+        from llmops_tasks.serving import trace_writer
 
-        try:
-            return traces.record_answer(
-                prompt=prompt, answer=answer, model_name=served.name, model_version=served.version,
-                model_uri=self.config.model, tokens_in=tokens_in, tokens_out=tokens_out,
-                start_ns=start_ns, end_ns=end_ns, experiment_id=self.experiment_id, error=error,
-            )
-        except Exception as exc:  # noqa: BLE001 (an answer is not lost because its trace could not be written)
-            log.warning("serve: could not record the trace of an answer: %s", exc)
-            return None
+        return trace_writer.record(
+            prompt=prompt, answer=answer, model_name=served.name, model_version=served.version,
+            model_uri=self.config.model, tokens_in=tokens_in, tokens_out=tokens_out,
+            start_ns=start_ns, end_ns=end_ns, experiment_id=self.experiment_id, error=error,
+        )
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        self.writer.write(records)
 
 
 # --------------------------------------------------------------------------- requests

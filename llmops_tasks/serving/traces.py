@@ -16,10 +16,12 @@ read them back (:func:`search`, :class:`Answer`). This module is the contract be
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import threading
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
@@ -62,24 +64,31 @@ def _normal(text: Any) -> str:
 def record_answer(
     *, prompt: Any, answer: str | None, model_name: str, model_version: str, model_uri: str,
     tokens_in: int, tokens_out: int, start_ns: int, end_ns: int, experiment_id: str,
-    error: str | None = None,
+    error: str | None = None, otel_trace_id: int | None = None,
 ) -> str:
-    """Write one answered (or failed) prompt as a trace; returns its trace id."""
+    """Write one answered (or failed) prompt as a trace; returns its trace id. ``otel_trace_id``:
+    the OpenTelemetry trace id it gets (chosen by the server, which sent the answer with the MLflow
+    trace id derived from it); default: one MLflow's tracer draws."""
     import mlflow
     from mlflow.entities import SpanStatusCode, SpanType
 
     latency_ms = max(0.0, (end_ns - start_ns) / 1e6)
-    span = mlflow.start_span_no_context(
-        SPAN_NAME, span_type=SpanType.LLM, inputs={"prompt": prompt}, experiment_id=experiment_id,
-        start_time_ns=start_ns,
-        attributes={"model_name": model_name, "model_version": str(model_version)},
-        tags={TAG_KIND: KIND, TAG_MODEL_NAME: model_name, TAG_MODEL_VERSION: str(model_version)},
-        metadata={
-            META_MODEL_URI: model_uri, META_PROMPT_KEY: prompt_key(prompt),
-            META_TOKENS_IN: str(int(tokens_in)), META_TOKENS_OUT: str(int(tokens_out)),
-            META_LATENCY_MS: f"{latency_ms:.3f}",
-        },
-    )
+    with _chosen_trace_id(otel_trace_id):
+        span = mlflow.start_span_no_context(
+            SPAN_NAME, span_type=SpanType.LLM, inputs={"prompt": prompt}, experiment_id=experiment_id,
+            start_time_ns=start_ns,
+            attributes={"model_name": model_name, "model_version": str(model_version)},
+            tags={TAG_KIND: KIND, TAG_MODEL_NAME: model_name, TAG_MODEL_VERSION: str(model_version)},
+            metadata={
+                META_MODEL_URI: model_uri, META_PROMPT_KEY: prompt_key(prompt),
+                META_TOKENS_IN: str(int(tokens_in)), META_TOKENS_OUT: str(int(tokens_out)),
+                META_LATENCY_MS: f"{latency_ms:.3f}",
+            },
+        )
+    if otel_trace_id is not None and span.trace_id != _mlflow_trace_id(otel_trace_id):
+        raise RuntimeError(f"MLflow {mlflow.__version__} started trace {span.trace_id}, not the chosen "
+                           f"{_mlflow_trace_id(otel_trace_id)} (its tracer no longer takes the id generator "
+                           "set by llmops_tasks.serving.traces)")
     if error is not None:
         span.set_status(SpanStatusCode.ERROR)
         span.set_attribute("error", error)
@@ -87,6 +96,66 @@ def record_answer(
         span.set_outputs({"answer": answer})
     span.end(end_time_ns=end_ns)
     return span.trace_id
+
+
+def _mlflow_trace_id(otel_trace_id: int) -> str:
+    from mlflow.tracing.utils import generate_mlflow_trace_id_from_otel_trace_id
+
+    return generate_mlflow_trace_id_from_otel_trace_id(otel_trace_id)
+
+
+class _ChosenIds:
+    """An OpenTelemetry id generator that gives the trace id this thread chose, once, and otherwise
+    what the generator it wraps gives (span ids, traces started without a chosen id)."""
+
+    def __init__(self, drawn) -> None:
+        self.drawn = drawn
+        self.chosen = threading.local()
+
+    def generate_trace_id(self) -> int:
+        chosen = getattr(self.chosen, "trace_id", None)
+        if chosen is None:
+            return self.drawn.generate_trace_id()
+        self.chosen.trace_id = None
+        return chosen
+
+    def generate_span_id(self) -> int:
+        return self.drawn.generate_span_id()
+
+    def is_trace_id_random(self) -> bool:
+        return True  # the chosen ids are drawn at random too (trace_writer.new_trace_id)
+
+
+_CHOSEN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _chosen_trace_id(otel_trace_id: int | None):
+    """MLflow's tracer starts the next trace of this thread with ``otel_trace_id``.
+
+    MLflow builds its own OpenTelemetry tracer provider (no hook for an id generator), so this sets
+    the generator on it and on the tracer it starts spans with (OpenTelemetry SDK attributes), again
+    whenever MLflow has rebuilt them; :func:`record_answer` checks the trace id it got.
+    """
+    if otel_trace_id is None:
+        yield
+        return
+    from mlflow.tracing import provider
+
+    tracer = provider._get_tracer(provider.__name__)  # what start_span_no_context uses (start_detached_span)
+    with _CHOSEN_LOCK:
+        generator = getattr(tracer, "id_generator", None)
+        if not isinstance(generator, _ChosenIds):
+            generator = _ChosenIds(generator)
+            tracer.id_generator = generator
+            tracer_provider = provider.provider.get()
+            if hasattr(tracer_provider, "id_generator"):
+                tracer_provider.id_generator = generator
+    generator.chosen.trace_id = otel_trace_id
+    try:
+        yield
+    finally:
+        generator.chosen.trace_id = None
 
 
 @dataclasses.dataclass(frozen=True)
