@@ -32,11 +32,9 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 
 EXPERIMENT = "bench-traffic"
@@ -251,13 +249,10 @@ def main() -> int:
         with open(args.json_out, "w", encoding="utf-8") as handle:
             json.dump(result, handle)
         return 0
-    folder = args.keep or tempfile.mkdtemp(prefix="curation-bench-")
-    os.makedirs(folder, exist_ok=True)
-    try:
+    import _scratch
+
+    with _scratch.folder(args.keep, "curation-bench-") as folder:
         return _run(args, folder)
-    finally:
-        if not args.keep:  # the store of 1M traces is GBs: gone unless asked for
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run(args, folder: str) -> int:

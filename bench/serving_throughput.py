@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -97,9 +96,9 @@ def tracking_store(kind: str, tmp: Path):
     if kind == "sqlite":
         yield database
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from llmops_tasks.local.services import free_port
+
+    port = free_port()
     log = open(tmp / "mlflow-server.log", "w")  # noqa: SIM115 (the server's output while it runs)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     process = subprocess.Popen(

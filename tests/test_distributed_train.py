@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from llmops_tasks import train
+from llmops_tasks.local.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,12 +52,6 @@ def cli_args(values: dict) -> list[str]:
         else:
             args += ["--" + key.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_nodes(values: dict, env: dict, logs: Path, tag: str) -> list[subprocess.Popen]:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import pytest
 from llmops_tasks import cli, registry
 from llmops_tasks.core import data
 from llmops_tasks.local import bootstrap, samples
+from llmops_tasks.local.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,12 +47,6 @@ dag_run = bag.dags["model_rollback"].test(run_conf={"reason": "rollback drill th
 ti = dag_run.get_task_instance("rollback")
 print("RESULT " + json.dumps({"state": str(dag_run.state), "xcom": ti.xcom_pull(task_ids="rollback")}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,14 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from llmops_tasks.local.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,12 +54,6 @@ def _as_server_user() -> list[str]:
     pytest.fail("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres():
     initdb, pg_ctl = _server_binaries()
@@ -67,7 +62,7 @@ def postgres():
     folder.chmod(0o755)
     if prefix:
         shutil.chown(folder, user=prefix[2])
-    data_dir, port = folder / "data", _free_port()
+    data_dir, port = folder / "data", free_port()
     subprocess.run([*prefix, initdb, "-D", str(data_dir), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"],
                    check=True, capture_output=True)
     start = subprocess.run([*prefix, pg_ctl, "-D", str(data_dir), "-l", str(folder / "server.log"), "-w", "-t", "60",

@@ -23,7 +23,7 @@ import pytest
 from llmops_tasks.core.config import ConfigError
 from llmops_tasks.core.errors import StepFailed
 from llmops_tasks.local import services
-from llmops_tasks.local.services import RestartPolicy, Service, Supervisor, UpConfig
+from llmops_tasks.local.services import RestartPolicy, Service, Supervisor, UpConfig, free_port
 
 integration = pytest.mark.integration  # real subprocesses (the `unit` marker means none)
 
@@ -54,12 +54,6 @@ def _poll_until(supervisor: Supervisor, done, what: str, timeout: float = 30.0):
             pytest.fail(f"{what} did not happen within {timeout} s; services.json:\n{record}")
         supervisor.poll()
         time.sleep(0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -267,7 +261,7 @@ time.sleep(600)
 
 @integration
 def test_the_dependent_service_starts_only_once_its_dependency_is_healthy_also_on_restarts(make, tmp_path):
-    port, seen = _free_port(), tmp_path / "seen"
+    port, seen = free_port(), tmp_path / "seen"
     api = Service("api", _python(API) + [str(port), "0.5"], ready=lambda since: _listening(port))
     client = Service("client", _python(CLIENT) + [str(port), str(seen)], after=("api",),
                      ready=lambda since: seen.is_file())

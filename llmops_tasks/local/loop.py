@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -77,12 +76,6 @@ class TurnResult:
     gate: dict = field(default_factory=dict)
     served_after: str | None = None
     timings: dict = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _version(name: str, version: str) -> dict:
@@ -298,8 +291,10 @@ class Services:
     """``llmops up`` as a child process in its own session, on free loopback ports."""
 
     def __init__(self, env: dict[str, str], home: Path, args: tuple[str, ...] = ()) -> None:
+        from llmops_tasks.local import services
+
         self.env, self.home, self.args = env, Path(home), tuple(args)
-        self.airflow_port, self.mlflow_port = _free_port(), _free_port()
+        self.airflow_port, self.mlflow_port = services.free_port(), services.free_port()
         self.out = self.home / "logs" / f"up-{time.strftime('%Y%m%dT%H%M%S')}.log"
         self.process: subprocess.Popen | None = None
 
