@@ -60,3 +60,17 @@ def test_the_oracle_asks_the_eval_prompts_and_as_many_training_prompts(tmp_path,
     registered_by_hand = _version("2", tags={})
     sample = loop.traffic_rows(registered_by_hand)  # no split: the sample data set's prompts
     assert 0 < len(sample) <= loop.SAMPLE_PROMPTS and all(r["prompt"] and r["reference"] for r in sample)
+
+
+def test_the_version_a_rejected_run_registered_is_found_by_its_run_tag(mlflow_store):
+    """A real registry (SQLite): the version tagged with the retraining run, newest of them, none for
+    another run."""
+    from llmops_tasks.core import tracking
+
+    client = tracking.client()
+    client.create_registered_model("loop-test")
+    for run_id in ("asset_triggered__a", "asset_triggered__b", "asset_triggered__b"):
+        client.create_model_version("loop-test", source="file:///nowhere", tags={"llmops.dag_run_id": run_id})
+    assert loop._newest("loop-test", "asset_triggered__b")["version"] == "3"
+    assert loop._newest("loop-test", "asset_triggered__a")["version"] == "1"
+    assert loop._newest("loop-test", "manual__other") == {"version": None, "tags": {}, "metrics": {}, "aliases": []}

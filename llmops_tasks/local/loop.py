@@ -276,12 +276,11 @@ def turn(stack: Stack, name: str, *, batch_size: int = 8, thumbs_up_rouge: float
 
 def _newest(name: str, run_id: str) -> dict:
     """The version the run registered (when it was not promoted), else an empty record."""
+    from llmops_tasks import registry
     from llmops_tasks.core import tracking
 
-    found = [v for v in tracking.client().search_model_versions(f"name='{name}'")
-             if v.tags.get("llmops.dag_run_id") == run_id]
-    return _version(name, str(found[0].version)) if found else {"version": None, "tags": {}, "metrics": {},
-                                                                 "aliases": []}
+    found = registry.find_version(name, "llmops.dag_run_id", run_id, tracking.client())
+    return _version(name, found) if found else {"version": None, "tags": {}, "metrics": {}, "aliases": []}
 
 
 # --------------------------------------------------------------------------- the demo command

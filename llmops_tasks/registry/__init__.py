@@ -95,7 +95,8 @@ def alias_versions(name: str, mlflow_client=None) -> dict[str, str]:
     return {alias: str(version) for alias, version in (model.aliases or {}).items()}
 
 
-def _find_version(name: str, tag: str, value: str, mlflow_client) -> str | None:
+def find_version(name: str, tag: str, value: str, mlflow_client) -> str | None:
+    """The newest version of ``name`` whose tag ``tag`` is ``value`` (the registry filters), else None."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -221,7 +222,7 @@ def register(config: RegisterConfig) -> dict:
     name = config.model_name
     run_key = f"{ctx.dag_id}/{ctx.run_id}" if ctx.run_id else f"adhoc/{train['fingerprint']}"
 
-    version = _find_version(name, "llmops.source_run", run_key, mlflow_client)
+    version = find_version(name, "llmops.source_run", run_key, mlflow_client)
     if version is None:
         version = _log_and_register(name, train, metrics, decision, validation, config, ctx, run_key)
     with _lock(name, mlflow_client, "register"):
