@@ -153,3 +153,25 @@ def test_a_chosen_trace_id_in_this_process_and_traces_without_one(mlflow_store, 
     drawn = _write(experiment, "another", "one", BASE_MS + 1)  # no id chosen: MLflow's tracer draws one
     assert chosen == record["trace_id"] != drawn
     assert {a.trace_id for a in traces.search(experiment)} == {chosen, drawn}
+
+
+def test_a_writer_that_cannot_start_writes_here(mlflow_store, monkeypatch, caplog):
+    """No process-shared semaphores (a container without /dev/shm): one error line, traces written here."""
+    import logging
+    import multiprocessing
+
+    from llmops_tasks.serving.trace_writer import TraceWriter
+
+    def no_semaphores(*args, **kwargs):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(multiprocessing.get_context("spawn"), "Queue", no_semaphores)
+    caplog.set_level(logging.ERROR, logger="llmops_tasks.serving.trace_writer")
+    experiment = tracking.get_or_create_experiment("traces-test-writer-none")
+    writer = TraceWriter()
+    assert writer.in_process and "could not start (" in caplog.text
+    records = _records(experiment, 3, BASE_MS)
+    writer.write(records)
+    assert writer.flush()
+    writer.close()
+    assert sorted(a.trace_id for a in traces.search(experiment)) == sorted(r["trace_id"] for r in records)

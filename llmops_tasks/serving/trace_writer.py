@@ -65,30 +65,32 @@ def write_here(records: list[dict[str, Any]]) -> None:
 class TraceWriter:
     """Hands trace records to a spawned writing process (see the module's docstring)."""
 
-    def __init__(self, *, max_pending: int = 1000, start_timeout: float = 120.0) -> None:
+    def __init__(self, *, max_pending: int = 1000) -> None:
         import multiprocessing
 
-        context = multiprocessing.get_context("spawn")  # no fork: the server holds threads and a model
-        self._requests = context.Queue(maxsize=max_pending)
-        self._acks, theirs = context.Pipe(duplex=False)
-        ours = logging.getLogger("llmops_tasks")
-        formatter = ours.handlers[0].formatter if ours.handlers else None
-        fmt = getattr(formatter, "_fmt", None) or _FORMAT
-        self._process = context.Process(target=_write, args=(self._requests, theirs, fmt), daemon=True,
-                                        name="llmops-trace-writer")
         self._lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._unacknowledged = 0  # batches handed over since the last acknowledged flush
-        self._here = False  # the process is gone: write in this process
-        self._start_timeout = start_timeout
+        self._here = False  # no process (it could not start, or exited): write in this process
+        self._requests = self._acks = self._process = None
+        ours = logging.getLogger("llmops_tasks")
+        formatter = ours.handlers[0].formatter if ours.handlers else None
+        fmt = getattr(formatter, "_fmt", None) or _FORMAT
+        theirs = None
         try:
+            context = multiprocessing.get_context("spawn")  # no fork: the server holds threads and a model
+            self._requests = context.Queue(maxsize=max_pending)  # needs a semaphore (/dev/shm)
+            self._acks, theirs = context.Pipe(duplex=False)
+            self._process = context.Process(target=_write, args=(self._requests, theirs, fmt), daemon=True,
+                                            name="llmops-trace-writer")
             self._process.start()
         except Exception as exc:  # noqa: BLE001 (no process, no lost traces: write them here)
             log.error("serve: the trace writer process could not start (%s): writing traces in the serving "
                       "process", exc)
             self._here = True
         finally:
-            theirs.close()
+            if theirs is not None:
+                theirs.close()
 
     @property
     def in_process(self) -> bool:
